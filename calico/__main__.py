@@ -1,0 +1,3 @@
+from calico.cli import main
+
+main()
