@@ -32,8 +32,9 @@ def guess_format(path: str | Path) -> PointFormat:
 def load_points(path: str | Path, fmt: PointFormat | None = None) -> np.ndarray:
     """Load a point file as an ``(N, C)`` float32 array (C = 5 for nuScenes, 4 for KITTI).
 
-    Raises :class:`InputError` naming the file when it is missing, empty or truncated (its size is not a
-    multiple of ``C * 4`` bytes). Non-finite values are returned as they are: see :func:`finite_mask`.
+    Raises :class:`InputError` naming the file when it is missing or truncated (its size is not a multiple of
+    ``C * 4`` bytes). An empty file gives a ``(0, C)`` array (an empty sweep, which the stages handle).
+    Non-finite values are returned as they are: see :func:`finite_mask`.
     """
     path = Path(path)
     fmt = fmt or guess_format(path)

@@ -54,7 +54,7 @@ class SweepInfo:
     cameras: tuple[CameraCalib, ...] = field(default_factory=tuple)
     scene_token: str = ""
     scene_name: str = ""
-    sample_token: str = ""  # the keyframe sample this sweep belongs to (nearest previous keyframe)
+    sample_token: str = ""  # the keyframe sample nearest in time (devkit's own sweep.sample_token is the next one)
 
 
 def transform_from(rotation_wxyz, translation) -> np.ndarray:

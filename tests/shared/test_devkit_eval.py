@@ -1,0 +1,146 @@
+"""nuScenes-devkit's DetectionEval (detection_cvpr_2019) on the generated validation split (mini_val).
+
+Ground truth submitted as predictions scores (near) 1; an empty submission and displaced boxes score 0.
+The submissions are the format later training code writes (shared.nuscenes_io.gt_submission / write_submission).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from shared.errors import InputError
+from shared.nuscenes_io import evaluate_detection, gt_submission, split_sample_tokens, write_submission
+
+SPLIT = "mini_val"
+
+
+@pytest.fixture(scope="module")
+def gt_sub(synth_nusc):
+    return gt_submission(synth_nusc, SPLIT)
+
+
+@pytest.fixture(scope="module")
+def gt_eval(synth_nusc, gt_sub, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_gt")
+    path = write_submission(gt_sub, out / "results.json")
+    return evaluate_detection(synth_nusc, path, SPLIT, out)
+
+
+def _classes_with_ground_truth(nusc) -> set[str]:
+    """Detection classes with ground truth left after devkit's own filters (class range, zero points), found
+    with devkit's loaders independently of the evaluation under test."""
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.common.loaders import add_center_dist, filter_eval_boxes, load_gt
+    from nuscenes.eval.detection.data_classes import DetectionBox
+
+    cfg = config_factory("detection_cvpr_2019")
+    gt = filter_eval_boxes(nusc, add_center_dist(nusc, load_gt(nusc, SPLIT, DetectionBox)), cfg.class_range)
+    return {b.detection_name for t in gt.sample_tokens for b in gt[t]}
+
+
+def test_gt_submission_format(synth_nusc, gt_sub):
+    from nuscenes.eval.common.data_classes import EvalBoxes
+    from nuscenes.eval.detection.data_classes import DetectionBox
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    tokens = split_sample_tokens(synth_nusc, SPLIT)
+    scenes = {synth_nusc.get("sample", t)["scene_token"] for t in tokens}
+    assert {synth_nusc.get("scene", s)["name"] for s in scenes} <= {"scene-0103", "scene-0916"}
+    assert set(gt_sub["results"]) == set(tokens)
+    anns = [synth_nusc.get("sample_annotation", a) for t in tokens for a in synth_nusc.get("sample", t)["anns"]]
+    n_expected = sum(category_to_detection_name(a["category_name"]) is not None and a["num_lidar_pts"] > 0
+                     for a in anns)
+    boxes = EvalBoxes.deserialize(json.loads(json.dumps(gt_sub["results"])), DetectionBox)  # devkit's own parser
+    assert sum(len(boxes[t]) for t in tokens) == n_expected > 0
+    assert all(b.detection_score == 1.0 for t in tokens for b in boxes[t])
+    vel = np.array([b.velocity for t in tokens for b in boxes[t]])
+    assert np.isfinite(vel).mean() > 0.5  # nan only where devkit cannot estimate a velocity
+    with pytest.raises(InputError, match="unknown split"):
+        gt_submission(synth_nusc, "mini_value")
+
+
+def test_ground_truth_scores_one(synth_nusc, gt_eval):
+    """Every class with ground truth has AP 1 and zero translation/scale/orientation/velocity/attribute error;
+    mAP and NDS average over all 10 classes, so classes absent from the split pull them below 1."""
+    present = _classes_with_ground_truth(synth_nusc)
+    assert len(present) >= 5, f"generated mini_val has too few detection classes: {sorted(present)}"
+    for c, ap in gt_eval["mean_dist_aps"].items():
+        assert ap == pytest.approx(1.0 if c in present else 0.0, abs=1e-9), c
+        if c not in present:
+            continue
+        for name, err in gt_eval["label_tp_errors"][c].items():
+            # nan: not defined for the class (traffic_cone: attr/vel/orient, barrier: attr/vel)
+            assert np.isnan(err) or err < 1e-6, (c, name, err)
+    assert gt_eval["mean_ap"] == pytest.approx(len(present) / 10, abs=1e-9)
+    tp = gt_eval["tp_errors"]
+    nds = (5 * gt_eval["mean_ap"] + sum(1 - min(1.0, v) for v in tp.values())) / 10
+    assert gt_eval["nd_score"] == pytest.approx(nds, abs=1e-9)
+    assert gt_eval["nd_score"] >= gt_eval["mean_ap"]
+
+
+def test_boxes_without_points_count_as_false_positives(synth_nusc, gt_eval, tmp_path):
+    """devkit drops ground truth with no LiDAR/radar point but cannot drop such predictions."""
+    full = gt_submission(synth_nusc, SPLIT, skip_empty=False)
+    n_empty = sum(synth_nusc.get("sample_annotation", a)["num_lidar_pts"] == 0
+                  for t in full["results"] for a in synth_nusc.get("sample", t)["anns"])
+    if n_empty == 0:
+        pytest.skip("every annotation of the generated mini_val has LiDAR points")
+    summary = evaluate_detection(synth_nusc, full, SPLIT, tmp_path)
+    assert summary["mean_ap"] < gt_eval["mean_ap"]
+    for c, ap in summary["mean_dist_aps"].items():
+        assert ap <= gt_eval["mean_dist_aps"][c] + 1e-9
+
+
+def test_empty_submission_scores_zero(synth_nusc, gt_sub, tmp_path):
+    empty = {"meta": gt_sub["meta"], "results": {t: [] for t in gt_sub["results"]}}
+    summary = evaluate_detection(synth_nusc, empty, SPLIT, tmp_path)
+    assert summary["mean_ap"] == 0.0 and summary["nd_score"] == 0.0
+    assert (tmp_path / "metrics_summary.json").is_file()
+
+
+def test_displaced_boxes_score_near_zero(synth_nusc, gt_sub, gt_eval, tmp_path):
+    # boxes of the training scenes' samples (another simulated street) handed to the validation samples
+    val = sorted(gt_sub["results"], key=lambda t: synth_nusc.get("sample", t)["timestamp"])
+    train = gt_submission(synth_nusc, "mini_train")["results"]
+    donors = sorted(train, key=lambda t: synth_nusc.get("sample", t)["timestamp"])
+    moved = {t: [dict(b, sample_token=t) for b in train[donors[i % len(donors)]]] for i, t in enumerate(val)}
+    assert sum(map(len, moved.values())) > 0
+    shuffled = evaluate_detection(synth_nusc, {"meta": gt_sub["meta"], "results": moved}, SPLIT, tmp_path / "a")
+    assert shuffled["mean_ap"] < 0.15 * gt_eval["mean_ap"]
+    assert shuffled["nd_score"] < 0.15
+    # every box translated 30 m: beyond the largest matching distance (4 m)
+    far = {t: [dict(b, translation=[b["translation"][0] + 30.0, *b["translation"][1:]]) for b in boxes]
+           for t, boxes in gt_sub["results"].items()}
+    far_summary = evaluate_detection(synth_nusc, {"meta": gt_sub["meta"], "results": far}, SPLIT, tmp_path / "b")
+    assert far_summary["mean_ap"] == 0.0 and far_summary["nd_score"] == 0.0
+
+
+def test_lower_scored_false_positives_keep_ap(synth_nusc, gt_sub, gt_eval, tmp_path):
+    """Extra boxes far away with a lower score than every true box leave AP at 1 (they rank last)."""
+    noisy = {
+        t: boxes + [dict(b, translation=[b["translation"][0] + 30.0, *b["translation"][1:]], detection_score=0.5)
+                    for b in boxes]
+        for t, boxes in gt_sub["results"].items()
+    }
+    summary = evaluate_detection(synth_nusc, {"meta": gt_sub["meta"], "results": noisy}, SPLIT, tmp_path)
+    # (devkit interpolates precision at recall 1.0 from the last, false-positive, point: a tiny loss)
+    assert summary["mean_ap"] == pytest.approx(gt_eval["mean_ap"], rel=0.02)
+    # ... while scoring them higher than the true boxes costs precision
+    inverted = {
+        t: [dict(b, detection_score=0.5) for b in boxes]
+        + [dict(b, translation=[b["translation"][0] + 30.0, *b["translation"][1:]], detection_score=1.0)
+           for b in boxes]
+        for t, boxes in gt_sub["results"].items()
+    }
+    worse = evaluate_detection(synth_nusc, {"meta": gt_sub["meta"], "results": inverted}, SPLIT, tmp_path / "w")
+    assert worse["mean_ap"] < 0.8 * gt_eval["mean_ap"]
+
+
+def test_submission_must_list_the_split(synth_nusc, gt_sub, tmp_path):
+    partial = {"meta": gt_sub["meta"], "results": dict(list(gt_sub["results"].items())[1:])}
+    with pytest.raises(InputError, match=r"1 missing, 0 not in the split"):
+        evaluate_detection(synth_nusc, partial, SPLIT, tmp_path)
+    with pytest.raises(InputError, match="submission file not found"):
+        evaluate_detection(synth_nusc, tmp_path / "none.json", SPLIT, tmp_path)
