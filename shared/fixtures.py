@@ -70,12 +70,42 @@ def load_nuscenes_fixture(calib_json: str | Path) -> SweepInfo:
     )
 
 
-def load_kitti_calib(calib_txt: str | Path, width: int = 1242, height: int = 375) -> CameraCalib:
-    """The left colour camera (P2) of a KITTI object ``calib.txt`` as a :class:`CameraCalib`.
+def kitti_camera_from_matrices(p2, r0_rect, tr_velo_to_cam, width: int = 1242, height: int = 375,
+                               image_path: Path | None = None, where: str | Path | None = None) -> CameraCalib:
+    """KITTI left colour camera from P2 (3x4 or 4x4), R0_rect (3x3 or 4x4), Tr_velo_to_cam (3x4 or 4x4).
 
     KITTI projects ``uv ~ P2 @ R0_rect @ Tr_velo_to_cam @ x``. With ``P2 = K [I | b]`` this is
     ``K @ lidar2cam`` where ``lidar2cam = [I | b] @ R0_rect @ Tr_velo_to_cam`` (b: the stereo baseline offset).
+    KITTI has no ego frame: ``cam2ego`` maps the rectified camera to the velodyne frame.
     """
+    def pad(m, name):
+        m = np.asarray(m, dtype=np.float64)
+        if m.shape not in ((3, 3), (3, 4), (4, 4)):
+            raise InputError(f"KITTI calibration {name} has shape {m.shape}", where)
+        out = np.eye(4)
+        out[: m.shape[0], : m.shape[1]] = m
+        return out
+
+    p2, r0, tr = pad(p2, "P2"), pad(r0_rect, "R0_rect"), pad(tr_velo_to_cam, "Tr_velo_to_cam")
+    k = p2[:3, :3]
+    shift = np.eye(4)
+    shift[:3, 3] = np.linalg.solve(k, p2[:3, 3])
+    return CameraCalib(
+        channel="CAM2",
+        intrinsic=k,
+        lidar2cam=shift @ r0 @ tr,
+        cam2ego=np.linalg.inv(r0 @ tr),
+        ego2global=np.eye(4),
+        width=int(width),
+        height=int(height),
+        image_path=image_path,
+    )
+
+
+def load_kitti_calib(calib_txt: str | Path, width: int = 1242, height: int = 375,
+                     image_path: Path | None = None) -> CameraCalib:
+    """The left colour camera (P2) of a KITTI object ``calib.txt`` as a :class:`CameraCalib`
+    (see :func:`kitti_camera_from_matrices`)."""
     path = Path(calib_txt)
     if not path.is_file():
         raise InputError("calibration file not found", path)
@@ -83,27 +113,56 @@ def load_kitti_calib(calib_txt: str | Path, width: int = 1242, height: int = 375
     for line in path.read_text().splitlines():
         if ":" in line:
             key, vals = line.split(":", 1)
-            rows[key.strip()] = np.array([float(v) for v in vals.split()], dtype=np.float64)
+            try:
+                rows[key.strip()] = np.array([float(v) for v in vals.split()], dtype=np.float64)
+            except ValueError:
+                raise InputError(f"KITTI calibration line {key.strip()!r} is not numeric", path) from None
     for key, n in (("P2", 12), ("R0_rect", 9), ("Tr_velo_to_cam", 12)):
         if key not in rows or rows[key].size != n:
             raise InputError(f"KITTI calibration lacks {key} ({n} values)", path)
-    p2 = rows["P2"].reshape(3, 4)
-    k = p2[:, :3]
-    shift = np.eye(4)
-    shift[:3, 3] = np.linalg.solve(k, p2[:, 3])
-    r0 = np.eye(4)
-    r0[:3, :3] = rows["R0_rect"].reshape(3, 3)
-    tr = np.eye(4)
-    tr[:3, :] = rows["Tr_velo_to_cam"].reshape(3, 4)
-    return CameraCalib(
-        channel="CAM2",
-        intrinsic=k,
-        lidar2cam=shift @ r0 @ tr,
-        cam2ego=np.linalg.inv(r0 @ tr),  # KITTI has no ego frame: "ego" = velodyne
-        ego2global=np.eye(4),
-        width=width,
-        height=height,
-    )
+    return kitti_camera_from_matrices(rows["P2"].reshape(3, 4), rows["R0_rect"].reshape(3, 3),
+                                      rows["Tr_velo_to_cam"].reshape(3, 4), width, height, image_path, path)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Exception:
+        return None
+
+
+def load_cameras(calib: str | Path) -> tuple[CameraCalib, ...]:
+    """Cameras from a calibration file: the nuScenes fixture ``*.calib.json`` (six cameras), a KITTI object
+    ``calib.txt`` (camera P2) or the mmdet3d KITTI demo ``*.calib.json`` (keys P2, R0_rect, Tr_velo_to_cam).
+
+    For a KITTI ``.txt`` the image size is read from a ``<stem>.png`` beside it when there is one
+    (``000000.calib.txt`` -> ``000000.png``), else KITTI's usual 1242x375.
+    Raises :class:`InputError` naming the file when it is missing or not one of these formats.
+    """
+    path = Path(calib)
+    if not path.is_file():
+        raise InputError("calibration file not found", path)
+    if path.suffix == ".txt":
+        png = path.with_name(path.name.split(".")[0] + ".png")
+        size = _image_size(png) if png.is_file() else None
+        return (load_kitti_calib(path, *(size or (1242, 375)), image_path=png if size else None),)
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"not valid JSON ({exc})", path) from None
+    if not isinstance(d, dict):
+        raise InputError("calibration JSON is not an object", path)
+    if "cameras" in d:
+        return tuple(load_nuscenes_fixture(path).cameras)
+    if all(k in d for k in ("P2", "R0_rect", "Tr_velo_to_cam")):
+        w, h = d.get("image_size_wh", (1242, 375))
+        image = path.parent / d["image"] if "image" in d else None
+        return (kitti_camera_from_matrices(d["P2"], d["R0_rect"], d["Tr_velo_to_cam"], w, h, image, path),)
+    raise InputError("unknown calibration JSON: expected a nuScenes fixture (key 'cameras') or KITTI "
+                     "(keys P2, R0_rect, Tr_velo_to_cam)", path)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,7 +1,142 @@
-"""``calico preprocess ...``. (Owned by the preprocessing work; placeholder.)"""
+"""``calico preprocess ...``: the per-sweep preprocessing on point files.
+
+``calico preprocess sweep FILE`` runs ground removal, DBSCAN, semantic pooling, camera projection (with
+``--calib``) and the augmentation sampling on one point file, prints per-stage timings and statistics, and with
+``--save`` writes the per-point results to an ``.npz``. Heavy imports (numba kernels) happen inside the command.
+"""
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 app = typer.Typer(help="Preprocess LiDAR sweeps: ground removal, clustering, projection, augmentation.",
                   no_args_is_help=True)
+
+FORMATS = ("nuscenes", "kitti")
+
+
+@app.command("sweep")
+def sweep(
+    file: Path = typer.Argument(..., help="Point file: nuScenes *.pcd.bin (5 float32) or KITTI *.bin (4 float32)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="nuscenes|kitti (default: from the file name)."),
+    calib: Optional[Path] = typer.Option(
+        None, "--calib", help="Camera calibration: nuScenes fixture *.calib.json, KITTI calib .txt or KITTI "
+                              "demo *.calib.json. Enables the projection into the cameras."),
+    backend: str = typer.Option("auto", "--backend", help="auto|cpu|gpu for ground removal and DBSCAN."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write per-point results to this .npz."),
+    as_json: bool = typer.Option(False, "--json", help="Print the timings and statistics as JSON."),
+    overrides: Optional[List[str]] = typer.Option(
+        None, "--set", help="Config override section.field=value (repeatable), e.g. --set cluster.eps=0.5."),
+    seed: int = typer.Option(0, "--seed", help="Global seed of the augmentation parameters."),
+    token: Optional[str] = typer.Option(
+        None, "--token", help="Sweep token for the augmentation seed (default: the file name)."),
+    warmup: bool = typer.Option(
+        True, "--warmup/--no-warmup", help="Load (or compile) the Numba kernels on a small synthetic sweep "
+                                           "first, so that the stage timings are steady-state."),
+) -> None:
+    """Run the whole per-sweep computation on one point file; print timings (ms) and statistics."""
+    import numpy as np
+
+    from shared.fixtures import load_cameras
+    from preprocess.sweep import SweepConfig, process_sweep, warm_up
+    from shared.backend import resolve_backend
+    from shared.errors import ConfigError, InputError
+    from shared.pointcloud import load_points
+
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError("--format", fmt, f"expected one of {', '.join(FORMATS)}")
+    if save is not None and save.suffix != ".npz":
+        raise ConfigError("--save", str(save), "must be a path ending in .npz")
+    cfg = SweepConfig.from_overrides(overrides or [])
+    resolved = resolve_backend(backend)
+    points = load_points(file, fmt)
+    cameras = load_cameras(calib) if calib is not None else None
+    token = file.name if token is None else token
+    warm_ms = warm_up(cfg, resolved, cameras, points.shape[1]) if warmup else None
+    res = process_sweep(points, cameras, cfg, backend=resolved, seed=seed, token=token)
+
+    if save is not None:
+        arrays = {
+            "ground": res.ground,
+            "region": res.region,
+            "labels": res.labels,
+            "valid": res.valid,
+            "aug_params": res.aug_params,
+            "config_json": np.array(json.dumps(cfg.to_dict())),
+            "stats_json": np.array(json.dumps(res.stats.to_dict())),
+        }
+        if res.projection is not None:
+            p = res.projection
+            arrays.update(proj_point=p.point, proj_cam=p.cam, proj_uv=p.uv, proj_depth=p.depth,
+                          proj_channels=np.array(p.channels))
+        try:
+            save.parent.mkdir(parents=True, exist_ok=True)
+            with open(save, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+        except OSError as exc:
+            raise InputError(f"cannot write the results ({exc.strerror or exc})", save) from None
+
+    report = {
+        "file": str(file),
+        "format": fmt or ("nuscenes" if file.name.endswith(".pcd.bin") else "kitti"),
+        "backend": resolved,
+        "stats": res.stats.to_dict(),
+        "timings_ms": {k: round(v, 3) for k, v in res.timings_ms.items()},
+        "warmup_ms": None if warm_ms is None else round(warm_ms, 3),
+        "cameras": None,
+        "aug_params": res.aug_params.tolist(),
+        "saved": None if save is None else str(save),
+        "config": cfg.to_dict(),
+    }
+    if res.projection is not None:
+        report["cameras"] = dict(zip(res.projection.channels, res.projection.counts().tolist()))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_table(report)
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    s = report["stats"]
+    console.print(f"[bold]{report['file']}[/bold] ({report['format']}, {s['points']:,} points, "
+                  f"backend {report['backend']})")
+    t = Table(show_header=True, header_style="bold")
+    t.add_column("stage")
+    t.add_column("ms", justify="right")
+    for k, v in report["timings_ms"].items():
+        t.add_row(k, f"{v:.2f}")
+    if report["warmup_ms"] is not None:
+        t.add_row("(warm-up, not in total)", f"{report['warmup_ms']:.2f}")
+    console.print(t)
+    st = Table(show_header=True, header_style="bold")
+    st.add_column("statistic")
+    st.add_column("value", justify="right")
+    rows = [
+        ("points", f"{s['points']:,}"),
+        ("non-finite points (masked)", f"{s['nonfinite_points']:,}"),
+        ("out-of-range points (masked)", f"{s['out_of_range_points']:,}"),
+        ("ground fraction", f"{s['ground_fraction']:.3f}"),
+        ("clusters (DBSCAN)", f"{s['clusters']:,}"),
+        ("regions kept", f"{s['regions_kept']:,}"),
+        ("clusters dropped", f"{sum(s['dropped'].values()):,}"),
+        *((f"  {k}", f"{v:,}") for k, v in s["dropped"].items() if v),
+        ("points in regions", f"{s['region_points']:,}"),
+        ("noise fraction (of non-ground)", f"{s['noise_fraction']:.3f}"),
+    ]
+    if report["cameras"] is not None:
+        rows.append(("projected (point, camera) pairs", f"{s['projected_pairs']:,}"))
+        rows.append(("points in >= 1 camera", f"{s['visible_points']:,}"))
+        for ch, c in report["cameras"].items():
+            rows.append((f"  {ch}", f"{c:,}"))
+    for r in rows:
+        st.add_row(*r)
+    console.print(st)
+    if report["saved"]:
+        console.print(f"saved {report['saved']}")

@@ -1,0 +1,169 @@
+"""Two-view augmentation for point-region contrast (METHOD.md section 2).
+
+Each view of a sweep is a similarity transform of the LiDAR points about the sensor origin::
+
+    p' = s * Rz(angle) @ F @ p + t,     F = diag(-1 if flip_x else 1, -1 if flip_y else 1, 1)
+
+(flip_x negates x, flip_y negates y; both before the rotation). The same points appear in every view, so
+point i of view 1 corresponds to point i of view 2. Only x, y, z change; other columns are kept.
+
+The parameters of a view are stored as a compact float32 record of :data:`PARAM_FIELDS`::
+
+    [angle (radians), scale, flip_x (0/1), flip_y (0/1), tx, ty, tz (metres)]
+
+one row per view, ``(num_views, 7)`` float32 (28 bytes per view), so a store can hold them; everything here
+(:func:`apply`, :func:`as_matrix`, :func:`inverse_matrix`) reads the float32 record, so a stored record
+reproduces the views exactly. The parameters of a sweep are drawn from a generator seeded by the global seed
+and a stable hash (BLAKE2b) of the sweep's token or index (:func:`sweep_rng`), never Python's ``hash()``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.errors import ConfigError
+
+#: Columns of the per-view parameter record.
+PARAM_FIELDS: tuple[str, ...] = ("angle", "scale", "flip_x", "flip_y", "tx", "ty", "tz")
+NUM_PARAMS = len(PARAM_FIELDS)
+
+
+def _pair(field: str, value, lo_min: float = -np.inf) -> None:
+    if len(value) != 2 or not all(np.isfinite(v) for v in value):
+        raise ConfigError(field, value, "must be two finite numbers (low, high)")
+    if value[0] > value[1]:
+        raise ConfigError(field, value, "low must be <= high")
+    if value[0] < lo_min:
+        raise ConfigError(field, value, f"low must be >= {lo_min}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Parameters of the two-view augmentation.
+
+    rotation_deg: range of the rotation about z, uniform, degrees [paper: (-90, 90)].
+    scale: range of the isotropic scale, uniform [paper: (0.9, 1.1)].
+    flip_x_prob, flip_y_prob: probability of negating x / y [ours: 0, off; the paper names rotation and scaling].
+    translation_std: standard deviation of a normal translation per axis (x, y, z), metres [ours: 0, off].
+    num_views: views per sweep [paper: 2].
+    """
+
+    rotation_deg: tuple[float, float] = (-90.0, 90.0)
+    scale: tuple[float, float] = (0.9, 1.1)
+    flip_x_prob: float = 0.0
+    flip_y_prob: float = 0.0
+    translation_std: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    num_views: int = 2
+
+    def __post_init__(self):
+        _pair("augment.rotation_deg", self.rotation_deg)
+        if self.rotation_deg[1] - self.rotation_deg[0] > 360.0:
+            raise ConfigError("augment.rotation_deg", self.rotation_deg, "range wider than 360 degrees")
+        _pair("augment.scale", self.scale)
+        if self.scale[0] <= 0:
+            raise ConfigError("augment.scale", self.scale, "scales must be > 0")
+        for name in ("flip_x_prob", "flip_y_prob"):
+            p = getattr(self, name)
+            if not (0.0 <= p <= 1.0):
+                raise ConfigError(f"augment.{name}", p, "must be a probability in [0, 1]")
+        t = self.translation_std
+        if len(t) != 3 or not all(np.isfinite(v) and v >= 0 for v in t):
+            raise ConfigError("augment.translation_std", t, "must be three finite numbers >= 0 (x, y, z)")
+        if isinstance(self.num_views, bool) or int(self.num_views) != self.num_views or self.num_views < 1:
+            raise ConfigError("augment.num_views", self.num_views, "must be an integer >= 1")
+
+    @property
+    def rotation_rad(self) -> tuple[float, float]:
+        """``rotation_deg`` in radians."""
+        return float(np.deg2rad(self.rotation_deg[0])), float(np.deg2rad(self.rotation_deg[1]))
+
+
+def sweep_rng(seed: int, token: str | int) -> np.random.Generator:
+    """A generator seeded by ``seed`` (int >= 0) and the sweep's ``token`` (str, or an int index: ``str(index)``).
+
+    The token enters through a BLAKE2b digest, so the stream is the same in every process and Python version.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError("seed", seed, "must be an integer >= 0")
+    digest = hashlib.blake2b(str(token).encode("utf-8"), digest_size=16).digest()
+    words = [int(w) for w in np.frombuffer(digest, dtype="<u4")]
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *words]))
+
+
+def sample_views(cfg: AugmentConfig, seed: int, token: str | int) -> np.ndarray:
+    """Parameters of ``cfg.num_views`` views of one sweep: (num_views, 7) float32 (see :data:`PARAM_FIELDS`).
+
+    Reproducible from (seed, token). The same random numbers are drawn whatever the config values, so
+    e.g. turning flips on does not change the sampled angles.
+    """
+    rng = sweep_rng(seed, token)
+    v = int(cfg.num_views)
+    u = rng.random((v, 4))
+    normal = rng.standard_normal((v, 3))
+    lo, hi = cfg.rotation_rad
+    out = np.empty((v, NUM_PARAMS), dtype=np.float64)
+    out[:, 0] = lo + (hi - lo) * u[:, 0]
+    out[:, 1] = cfg.scale[0] + (cfg.scale[1] - cfg.scale[0]) * u[:, 1]
+    out[:, 2] = u[:, 2] < cfg.flip_x_prob
+    out[:, 3] = u[:, 3] < cfg.flip_y_prob
+    out[:, 4:7] = normal * np.asarray(cfg.translation_std, dtype=np.float64) + 0.0  # + 0.0: no -0.0
+    return out.astype(np.float32)
+
+
+def _check_params(params: np.ndarray) -> np.ndarray:
+    p = np.asarray(params)
+    if p.shape != (NUM_PARAMS,):
+        raise ConfigError("augment params", p.shape, f"expected one view's record of shape ({NUM_PARAMS},)")
+    p = p.astype(np.float32).astype(np.float64)  # always the stored float32 values
+    if not np.isfinite(p).all() or p[1] <= 0 or p[2] not in (0.0, 1.0) or p[3] not in (0.0, 1.0):
+        raise ConfigError("augment params", p.tolist(), "need finite values, scale > 0 and flips 0 or 1")
+    return p
+
+
+def _linear(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c, s = np.cos(p[0]), np.sin(p[0])
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    flip = np.diag([-1.0 if p[2] else 1.0, -1.0 if p[3] else 1.0, 1.0])
+    return p[1] * rot @ flip, p[4:7].copy()
+
+
+def as_matrix(params: np.ndarray) -> np.ndarray:
+    """The 4x4 float64 homogeneous matrix of one view's record ``params`` (7,)."""
+    a, t = _linear(_check_params(params))
+    m = np.eye(4)
+    m[:3, :3] = a
+    m[:3, 3] = t
+    return m
+
+
+def inverse_matrix(params: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`as_matrix` (4x4 float64), in closed form: ``F Rz(-angle) (p' - t) / s``."""
+    p = _check_params(params)
+    a, t = _linear(p)
+    a_inv = a.T / (p[1] * p[1])  # a = s R F with R F orthogonal, so a^-1 = a^T / s^2
+    m = np.eye(4)
+    m[:3, :3] = a_inv
+    m[:3, 3] = -a_inv @ t
+    return m
+
+
+def _transform(points: np.ndarray, m: np.ndarray) -> np.ndarray:
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise ConfigError("points", points.shape, "expected an (N, >=3) array")
+    out = np.array(points, dtype=np.float32, copy=True)
+    xyz = points[:, :3].astype(np.float64)
+    out[:, :3] = xyz @ m[:3, :3].T + m[:3, 3]
+    return out
+
+
+def apply(points: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """One augmented view: ``points`` (N, C) -> new (N, C) float32 with x, y, z transformed, other columns kept."""
+    return _transform(points, as_matrix(params))
+
+
+def apply_inverse(points: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Undo :func:`apply`: (N, C) -> (N, C) float32 back in the original LiDAR frame."""
+    return _transform(points, inverse_matrix(params))
