@@ -252,7 +252,10 @@ def iter_samples(nusc: "NuScenes", scene: str | Mapping[str, Any]) -> Iterator[d
         token = sample["next"]
 
 
-def _lidar_sd_tokens(nusc: "NuScenes", scene: Mapping[str, Any], keyframes_only: bool) -> Iterator[str]:
+def iter_lidar_tokens(nusc: "NuScenes", scene: str | Mapping[str, Any], keyframes_only: bool = True) -> Iterator[str]:
+    """The LIDAR_TOP sample_data tokens of a scene (token, name or record) in time order (see
+    :func:`iter_lidar_sweeps`, which turns each into a :class:`SweepInfo`)."""
+    scene = _scene_of(nusc, scene)
     if keyframes_only:
         for sample in iter_samples(nusc, scene):
             yield sample["data"][LIDAR_CHANNEL]
@@ -287,7 +290,7 @@ def iter_lidar_sweeps(
     :class:`InputError` for a missing point file or image.
     """
     rec = _scene_of(nusc, scene)
-    for token in _lidar_sd_tokens(nusc, rec, keyframes_only):
+    for token in iter_lidar_tokens(nusc, rec, keyframes_only):
         yield sweep_info(nusc, token, check_files=check_files, scene=rec)
 
 

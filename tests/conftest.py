@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +18,15 @@ def fixtures_dir():
     if not (path / "nuscenes").is_dir():
         pytest.skip(f"real sensor fixtures not found at {path} (set CALICO_FIXTURES to their folder)")
     return path
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> tuple[Path, str]:
+    """(dataroot, version) of the ``tiny`` synthetic dataset, seed 0, generated once per test session.
+
+    Shared by every test of the session: a test that changes files copies the dataroot first.
+    """
+    from shared.synth import generate
+
+    dataroot, version = generate(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny", seed=0, progress=False)
+    return Path(dataroot), version

@@ -140,3 +140,10 @@ def _print_table(report: dict) -> None:
     console.print(st)
     if report["saved"]:
         console.print(f"saved {report['saved']}")
+
+
+# `calico preprocess run|verify`: the distributed stage and the store check (see calico/commands/store.py)
+from calico.commands import store as _store  # noqa: E402
+
+app.command("run")(_store.run)
+app.command("verify")(_store.verify)

@@ -1,4 +1,4 @@
-"""``calico synth``: write a synthetic nuScenes-format dataroot. (Owned by the synth work; placeholder.)"""
+"""``calico synth``: write a synthetic nuScenes-format dataroot (see docs/synthetic_data.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +7,13 @@ import typer
 
 
 def synth(
-    out: Path = typer.Option(..., "--out", help="Folder to write the dataroot into."),
-    preset: str = typer.Option("tiny", help="Size preset."),
-    scenes: int = typer.Option(None, help="Number of scenes (default: the preset's)."),
-    seed: int = typer.Option(0, help="Random seed; the output is deterministic per seed."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the dataroot into (must not exist or be empty)."),
+    preset: str = typer.Option("tiny", "--preset", help="Size preset: tiny, small (= demo) or mini."),
+    scenes: int = typer.Option(None, "--scenes", help="Number of scenes (default: the preset's)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the output is deterministic per seed."),
 ) -> None:
     """Write a small nuScenes-format dataset that nuscenes-devkit loads like the real one."""
-    raise NotImplementedError
+    from shared.synth import generate
+
+    root, version = generate(out, preset=preset, scenes=scenes, seed=seed, progress=True)
+    typer.echo(f"wrote {version} to {root}")

@@ -1,23 +1,11 @@
-"""Fixtures of tests/shared: a generated nuScenes dataroot (``shared.synth``, preset ``tiny``), made once."""
+"""Fixtures of tests/shared: devkit over the generated ``tiny`` dataroot (``synth_root``, tests/conftest.py)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-
-@pytest.fixture(scope="session")
-def synth_root(tmp_path_factory) -> tuple[Path, str]:
-    """(dataroot, version) of the ``tiny`` synthetic dataset, seed 0, generated once per test session."""
-    try:
-        from shared.synth import generate
-    except ImportError as exc:
-        pytest.skip(f"shared.synth is not importable ({exc}): the synthetic-dataset generator is needed")
-    dataroot, version = generate(tmp_path_factory.mktemp("synth"), preset="tiny", seed=0, progress=False)
-    return Path(dataroot), version
 
 
 @pytest.fixture(scope="session")

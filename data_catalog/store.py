@@ -1,0 +1,680 @@
+"""The on-disk store: layout, encoding of processed sweeps, atomic shard commits, derived tables.
+
+Layout (see docs/store.md)::
+
+    STORE/versions/<id>/version.json          spec (hashed into <id>), resolved config, lineage, scenes
+    STORE/versions/<id>/shards/<scene>/       one shard per scene, complete or absent:
+        zarr.json, <array>/...                  a Zarr v3 group of flat arrays + int64 offsets
+        sweeps.parquet                          per-sweep statistics and stage timings
+        errors.parquet                          sweeps that failed (token, file, stage, reason)
+        manifest.json                           counts + size and sha256 of every file above (written last)
+    STORE/versions/<id>/shards/.tmp-<scene>-<host>-<pid>-<uuid>/   a shard being written (never read)
+    STORE/versions/<id>/{sweeps,errors,scenes}.parquet            derived from the shards by finalize()
+
+Per-point encoding (N points of a sweep, P (point, camera) pairs, R regions; bytes before compression)::
+
+    xyz        int16   (N, 3)  x, y, z in centimetres (XYZ_SCALE = 0.01 m): |error| <= 5 mm; clipped to
+                               +-327.67 m (flag bit 2); 0 for a non-finite point (flag bit 1 unset)   6 B
+    flags      uint8   (N,)    bit 0 ground, bit 1 finite, bit 2 clipped                             1 B
+    region     int16   (N,)    region id, -1 = semantic-less                                         2 B
+    features   float16 (N, F)  the point file's other columns (nuScenes: intensity, ring: exact,
+                               integers < 2048)                                                      2F B
+    proj_point int32   (P,)    point index within its sweep } pairs sorted by point then camera,
+    proj_cam   uint8   (P,)    index into attrs["channels"] } offsets proj_offsets (S+1,)
+    proj_uv    uint16  (P, 2)  pixel u, v in 1/8 px (UV_SCALE): |error| <= 1/16 px
+    proj_depth uint16  (P,)    camera depth in centimetres (DEPTH_SCALE): |error| <= 5 mm           11 B/pair
+
+Per sweep (S sweeps): ``offsets`` int64 (S+1,) into the point arrays, ``proj_offsets``, ``region_offsets``,
+``timestamp`` int64 (S,), ``aug_params`` float32 (S, V, 7), ``lidar2ego``/``ego2global`` float64 (S, 4, 4),
+``cam_intrinsic`` float64 (S, C, 3, 3), ``cam_lidar2cam`` float64 (S, C, 4, 4) (NaN for a camera the sweep
+lacks), ``cam_size`` int32 (S, C, 2). Per region: ``region_id`` int16, ``region_points`` int32,
+``region_centroid``/``region_min``/``region_max`` float32 (R, 3) (from the unquantised points).
+Group attributes: format version, scene, sweep tokens, channels, scales, feature count.
+
+Arrays are chunked in pieces of about :data:`CHUNK_BYTES` (uncompressed) along the first axis, compressed
+with Blosc(lz4, byte shuffle), and every array whose data spans several chunks is written as one Zarr
+shard (the sharding codec), so a scene's array is one file that a reader still slices chunk by chunk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from data_catalog.version import FORMAT_VERSION, canonical_json, sha256_file
+from shared.errors import InputError
+from shared.records import CAMERAS, CameraCalib
+
+#: Metres per int16 unit of ``xyz``; the largest |coordinate| stored is 32767 * XYZ_SCALE.
+XYZ_SCALE = 0.01
+XYZ_LIMIT = 32767 * XYZ_SCALE
+#: Pixels per uint16 unit of ``proj_uv`` (images up to 8191 px).
+UV_SCALE = 0.125
+#: Metres per uint16 unit of ``proj_depth``.
+DEPTH_SCALE = 0.01
+#: Target uncompressed chunk size.
+CHUNK_BYTES = 2 << 20
+
+FLAG_GROUND = np.uint8(1)
+FLAG_FINITE = np.uint8(2)
+FLAG_CLIPPED = np.uint8(4)
+
+#: Stage timing columns of the sweeps table (milliseconds): ``load`` is reading the point file, the others
+#: are ``SweepResult.timings_ms``.
+TIMING_STAGES: tuple[str, ...] = ("load", "validate", "ground", "cluster", "pooling", "project", "augment",
+                                  "total")
+
+MANIFEST = "manifest.json"
+SWEEPS_TABLE = "sweeps.parquet"
+ERRORS_TABLE = "errors.parquet"
+SCENES_TABLE = "scenes.parquet"
+#: Files of a shard left out of its content hash: they hold timings, which differ from run to run.
+VOLATILE_FILES: tuple[str, ...] = (SWEEPS_TABLE,)
+
+
+def _pa():
+    import pyarrow as pa
+
+    return pa
+
+
+def sweeps_schema():
+    pa = _pa()
+    cols = [
+        ("token", pa.string()), ("scene", pa.string()), ("index", pa.int32()), ("timestamp", pa.int64()),
+        ("is_key_frame", pa.bool_()), ("file", pa.string()), ("backend", pa.string()),
+        ("points", pa.int64()), ("nonfinite_points", pa.int64()), ("clipped_points", pa.int64()),
+        ("ground_points", pa.int64()), ("ground_fraction", pa.float64()), ("clusters", pa.int64()),
+        ("regions_kept", pa.int64()), ("region_points", pa.int64()), ("noise_points", pa.int64()),
+        ("noise_fraction", pa.float64()), ("projected_pairs", pa.int64()), ("visible_points", pa.int64()),
+        ("region_size_min", pa.float64()), ("region_size_p10", pa.float64()), ("region_size_p50", pa.float64()),
+        ("region_size_p90", pa.float64()), ("region_size_max", pa.float64()),
+    ]
+    cols += [(f"t_{s}_ms", pa.float64()) for s in TIMING_STAGES]
+    return pa.schema(cols)
+
+
+def errors_schema():
+    pa = _pa()
+    return pa.schema([("token", pa.string()), ("scene", pa.string()), ("file", pa.string()),
+                      ("stage", pa.string()), ("reason", pa.string())])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Encoding
+# ----------------------------------------------------------------------------------------------------------
+
+
+def quantise_xyz(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 3) float -> (int16 (N, 3) in XYZ_SCALE units, finite (N,) bool, clipped (N,) bool).
+
+    Non-finite points are stored as 0; finite coordinates beyond +-XYZ_LIMIT are clipped.
+    """
+    s = np.array(xyz, dtype=np.float64)  # a copy, scaled in place below
+    finite = np.isfinite(s).all(axis=1)
+    s[~finite] = 0.0
+    s *= 1.0 / XYZ_SCALE
+    np.rint(s, out=s)
+    clipped = (np.abs(s) > 32767).any(axis=1)
+    np.clip(s, -32767, 32767, out=s)
+    return s.astype(np.int16), finite, clipped
+
+
+def dequantise_xyz(q: np.ndarray) -> np.ndarray:
+    """int16 (N, 3) -> float32 (N, 3) metres."""
+    return q.astype(np.float32) * np.float32(XYZ_SCALE)
+
+
+def _to_uint16(values: np.ndarray, scale: float, what: str) -> np.ndarray:
+    q = np.round(np.asarray(values, dtype=np.float64) / scale)
+    if q.size and (q.min() < 0 or q.max() > 65535):
+        raise InputError(f"{what} out of the store's range [0, {65535 * scale}] (scale {scale})")
+    return q.astype(np.uint16)
+
+
+def region_summaries(xyz: np.ndarray, region: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-region summaries of one sweep: ids int16 (R,), points int32 (R,), centroid/min/max float32 (R, 3).
+
+    xyz (N, 3) float, region (N,) int (-1 = none). Regions are sorted by id.
+    """
+    region = np.asarray(region)
+    sel = np.flatnonzero(region >= 0)
+    ids, inverse, counts = np.unique(region[sel], return_inverse=True, return_counts=True)
+    r = ids.size
+    out = {"region_id": ids.astype(np.int16), "region_points": counts.astype(np.int32),
+           "region_centroid": np.zeros((r, 3), np.float32), "region_min": np.zeros((r, 3), np.float32),
+           "region_max": np.zeros((r, 3), np.float32)}
+    if r:
+        p = np.asarray(xyz, dtype=np.float64)[sel]
+        order = np.argsort(inverse, kind="stable")
+        ps = p[order]
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        out["region_centroid"] = (np.add.reduceat(ps, starts, axis=0) / counts[:, None]).astype(np.float32)
+        out["region_min"] = np.minimum.reduceat(ps, starts, axis=0).astype(np.float32)
+        out["region_max"] = np.maximum.reduceat(ps, starts, axis=0).astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class SweepInput:
+    """One sweep's inputs as the writer needs them.
+
+    points: (N, C >= 3) float32 as loaded (x, y, z in the LiDAR frame, then C - 3 feature columns).
+    cameras: the sweep's cameras (any subset of the shard's channels) or None. path: the point file,
+    relative to the dataroot. lidar2ego / ego2global: (4, 4) float64 (identity when unknown).
+    """
+
+    token: str
+    points: np.ndarray
+    timestamp: int = 0
+    is_key_frame: bool = True
+    path: str = ""
+    lidar2ego: np.ndarray | None = None
+    ego2global: np.ndarray | None = None
+    cameras: Sequence[CameraCalib] | None = None
+
+
+def _quantiles(sizes: np.ndarray) -> dict[str, float]:
+    if sizes.size == 0:
+        return {k: float("nan") for k in ("region_size_min", "region_size_p10", "region_size_p50",
+                                          "region_size_p90", "region_size_max")}
+    q = np.quantile(sizes.astype(np.float64), [0.0, 0.1, 0.5, 0.9, 1.0])
+    return dict(zip(("region_size_min", "region_size_p10", "region_size_p50", "region_size_p90",
+                     "region_size_max"), (float(v) for v in q)))
+
+
+def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dict[str, np.ndarray]:
+    """Encode one sweep and its ``SweepResult`` (ground, region, projection, aug_params) into the store's
+    per-sweep arrays (see the module docstring); also returns ``_clipped`` (int) for the statistics."""
+    pts = np.asarray(sweep.points)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise InputError(f"sweep {sweep.token}: points must be (N, >= 3), got {pts.shape}", sweep.path or None)
+    n = pts.shape[0]
+    ground = np.asarray(result.ground, dtype=bool)
+    region = np.asarray(result.region, dtype=np.int16)
+    if ground.shape != (n,) or region.shape != (n,):
+        raise ValueError(f"sweep {sweep.token}: result arrays do not match the {n} points")
+    xyz_q, finite, clipped = quantise_xyz(pts[:, :3])
+    flags = (ground.astype(np.uint8) * FLAG_GROUND) | (finite.astype(np.uint8) * FLAG_FINITE) | (
+        clipped.astype(np.uint8) * FLAG_CLIPPED)
+    feats = pts[:, 3:].astype(np.float16)
+    ncam = len(channels)
+    intr = np.full((ncam, 3, 3), np.nan)
+    l2c = np.full((ncam, 4, 4), np.nan)
+    size = np.zeros((ncam, 2), np.int32)
+    for cam in sweep.cameras or ():
+        if cam.channel not in channels:
+            raise InputError(f"sweep {sweep.token}: camera {cam.channel!r} is not one of the store's channels "
+                             f"{', '.join(channels)}", sweep.path or None)
+        c = channels.index(cam.channel)
+        intr[c] = cam.intrinsic
+        l2c[c] = cam.lidar2cam
+        size[c] = (cam.width, cam.height)
+    proj = result.projection
+    if proj is not None and len(proj):
+        cmap = np.array([channels.index(ch) if ch in channels else -1 for ch in proj.channels], np.int64)
+        if (cmap < 0).any():
+            bad = [ch for ch, i in zip(proj.channels, cmap) if i < 0]
+            raise InputError(f"sweep {sweep.token}: projection camera(s) {bad} not in the store's channels",
+                             sweep.path or None)
+        p_point = np.asarray(proj.point, np.int32)
+        p_cam = cmap[np.asarray(proj.cam, np.int64)].astype(np.uint8)
+        p_uv = _to_uint16(proj.uv, UV_SCALE, f"sweep {sweep.token}: pixel coordinates")
+        p_depth = _to_uint16(np.minimum(proj.depth, 65535 * DEPTH_SCALE), DEPTH_SCALE, "depth")
+    else:
+        p_point = np.zeros(0, np.int32)
+        p_cam = np.zeros(0, np.uint8)
+        p_uv = np.zeros((0, 2), np.uint16)
+        p_depth = np.zeros(0, np.uint16)
+    eye = np.eye(4)
+    out = {
+        "xyz": xyz_q, "flags": flags, "region": region, "features": feats,
+        "proj_point": p_point, "proj_cam": p_cam, "proj_uv": p_uv, "proj_depth": p_depth,
+        "timestamp": np.array([sweep.timestamp], np.int64),
+        "aug_params": np.asarray(result.aug_params, np.float32)[None],
+        "lidar2ego": np.asarray(sweep.lidar2ego if sweep.lidar2ego is not None else eye, np.float64)[None],
+        "ego2global": np.asarray(sweep.ego2global if sweep.ego2global is not None else eye, np.float64)[None],
+        "cam_intrinsic": intr[None], "cam_lidar2cam": l2c[None], "cam_size": size[None],
+    }
+    out.update(region_summaries(np.where(finite[:, None], pts[:, :3], 0.0), region))
+    out["_clipped"] = int(clipped.sum())
+    return out
+
+
+POINT_ARRAYS = ("xyz", "flags", "region", "features")
+PAIR_ARRAYS = ("proj_point", "proj_cam", "proj_uv", "proj_depth")
+REGION_ARRAYS = ("region_id", "region_points", "region_centroid", "region_min", "region_max")
+SWEEP_ARRAYS = ("timestamp", "aug_params", "lidar2ego", "ego2global", "cam_intrinsic", "cam_lidar2cam", "cam_size")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing a shard
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _compressors():
+    from zarr.codecs import BloscCodec
+
+    # lz4 + byte shuffle: on the generated data 8.7 B/point against 6.0 for zstd level 5, at a third of the
+    # commit time (docs/store.md); the budget is 20 B/point and commit time counts against the kernels.
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+
+
+def _write_array(group, name: str, data: np.ndarray) -> None:
+    data = np.ascontiguousarray(data)
+    rows = data.shape[0]
+    rest = tuple(data.shape[1:])
+    row_bytes = max(1, data.dtype.itemsize * int(np.prod(rest, dtype=np.int64)))
+    chunk_rows = max(1, min(rows, CHUNK_BYTES // row_bytes))
+    shards = None
+    if rows > chunk_rows:
+        shards = (math.ceil(rows / chunk_rows) * chunk_rows,) + rest
+    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(chunk_rows,) + rest,
+                             shards=shards, compressors=_compressors(), fill_value=0)
+    if data.size:
+        arr[...] = data
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    """fsync many files at once (threads: the calls release the GIL and the disk can merge them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        list(ex.map(_fsync, paths))
+
+
+def file_table(root: Path) -> dict[str, dict[str, Any]]:
+    """``{relpath: {"bytes", "sha256"}}`` of every file under ``root`` except the manifest (sorted)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for f in sorted(filenames):
+            p = Path(dirpath) / f
+            rel = p.relative_to(root).as_posix()
+            if rel == MANIFEST:
+                continue
+            out[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    return dict(sorted(out.items()))
+
+
+def content_hash(files: Mapping[str, Mapping[str, Any]]) -> str:
+    """SHA-256 over the (path, sha256) of a shard's files except :data:`VOLATILE_FILES` (timings)."""
+    stable = {k: v["sha256"] for k, v in files.items() if k not in VOLATILE_FILES}
+    return hashlib.sha256(canonical_json(stable).encode()).hexdigest()
+
+
+def _write_table(rows: list[dict], schema, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    pq.write_table(pa.table(cols, schema=schema), path, compression="zstd")
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """Outcome of :meth:`ShardWriter.commit`: status ``committed`` (this writer's shard is now visible) or
+    ``exists`` (another writer committed it first; ours was discarded)."""
+
+    scene: str
+    status: str
+    path: Path
+    manifest: dict
+
+
+def shard_dir(version_dir: str | Path, scene: str) -> Path:
+    _check_scene_name(scene)
+    return Path(version_dir) / "shards" / scene
+
+
+def _check_scene_name(scene: str) -> None:
+    if not scene or scene.startswith(".") or "/" in scene or "\\" in scene or scene in (".", ".."):
+        raise InputError(f"scene name {scene!r} cannot name a shard directory")
+
+
+def is_committed(version_dir: str | Path, scene: str) -> bool:
+    """The scene's shard exists and holds its manifest (a shard is only ever visible complete)."""
+    return (shard_dir(version_dir, scene) / MANIFEST).is_file()
+
+
+class ShardWriter:
+    """Collects one scene's processed sweeps and errors, then writes and commits its shard atomically.
+
+    ``add`` encodes each sweep at once (quantised, about 11 bytes a point + 11 a projected pair kept in
+    memory until ``commit``). ``commit`` writes everything into ``shards/.tmp-<scene>-<host>-<pid>-<uuid>/``,
+    fsyncs it, writes ``manifest.json`` last and renames the folder to ``shards/<scene>`` (atomic on one
+    filesystem; fails if another writer got there first, and then this writer's copy is removed).
+    """
+
+    def __init__(self, version_dir: str | Path, scene: str, channels: Sequence[str] = CAMERAS):
+        self.version_dir = Path(version_dir)
+        self.scene = scene
+        self.final_path = shard_dir(self.version_dir, scene)
+        self.channels = tuple(channels)
+        self._sweeps: list[dict[str, np.ndarray]] = []
+        self._rows: list[dict[str, Any]] = []
+        self._errors: list[dict[str, Any]] = []
+        self._tokens: list[str] = []
+        self._features: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._sweeps)
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return list(self._errors)
+
+    def add(self, sweep: SweepInput, result: Any, backend: str = "cpu", load_ms: float = float("nan")) -> None:
+        """Add a processed sweep: ``result`` is a ``preprocess.sweep.SweepResult`` (or any object with its
+        ``ground``, ``region``, ``projection``, ``aug_params``, ``stats.to_dict()`` and ``timings_ms``)."""
+        enc = encode_sweep(sweep, result, self.channels)
+        f = enc["features"].shape[1]
+        if self._features is None:
+            self._features = f
+        elif f != self._features:
+            raise InputError(f"sweep {sweep.token}: {f} feature columns, the scene's other sweeps have "
+                             f"{self._features}", sweep.path or None)
+        clipped = enc.pop("_clipped")
+        stats = dict(result.stats.to_dict())
+        row: dict[str, Any] = {
+            "token": sweep.token, "scene": self.scene, "index": len(self._sweeps),
+            "timestamp": int(sweep.timestamp), "is_key_frame": bool(sweep.is_key_frame), "file": str(sweep.path),
+            "backend": backend, "clipped_points": clipped,
+        }
+        for k in ("points", "nonfinite_points", "ground_points", "ground_fraction", "clusters", "regions_kept",
+                  "region_points", "noise_points", "noise_fraction", "projected_pairs", "visible_points"):
+            row[k] = stats.get(k)
+        row.update(_quantiles(enc["region_points"]))
+        timings = dict(result.timings_ms)
+        timings["load"] = load_ms
+        for s in TIMING_STAGES:
+            row[f"t_{s}_ms"] = float(timings.get(s, float("nan")))
+        self._sweeps.append(enc)
+        self._rows.append(row)
+        self._tokens.append(sweep.token)
+
+    def add_error(self, token: str, file: str | None, reason: str, stage: str = "process") -> None:
+        """Record a sweep that could not be processed (it is left out of the arrays)."""
+        self._errors.append({"token": token, "scene": self.scene, "file": "" if file is None else str(file),
+                             "stage": stage, "reason": reason})
+
+    def _concat(self) -> dict[str, np.ndarray]:
+        nf = self._features or 0
+        empty = {
+            "xyz": np.zeros((0, 3), np.int16), "flags": np.zeros(0, np.uint8), "region": np.zeros(0, np.int16),
+            "features": np.zeros((0, nf), np.float16), "proj_point": np.zeros(0, np.int32),
+            "proj_cam": np.zeros(0, np.uint8), "proj_uv": np.zeros((0, 2), np.uint16),
+            "proj_depth": np.zeros(0, np.uint16), "timestamp": np.zeros(0, np.int64),
+            "aug_params": np.zeros((0, 0, 7), np.float32), "lidar2ego": np.zeros((0, 4, 4)),
+            "ego2global": np.zeros((0, 4, 4)), "cam_intrinsic": np.zeros((0, len(self.channels), 3, 3)),
+            "cam_lidar2cam": np.zeros((0, len(self.channels), 4, 4)),
+            "cam_size": np.zeros((0, len(self.channels), 2), np.int32),
+            "region_id": np.zeros(0, np.int16), "region_points": np.zeros(0, np.int32),
+            "region_centroid": np.zeros((0, 3), np.float32), "region_min": np.zeros((0, 3), np.float32),
+            "region_max": np.zeros((0, 3), np.float32),
+        }
+        out = {}
+        for name, e in empty.items():
+            parts = [s[name] for s in self._sweeps]
+            out[name] = np.concatenate(parts, axis=0) if parts else e
+        for off, key in (("offsets", "flags"), ("proj_offsets", "proj_cam"), ("region_offsets", "region_id")):
+            sizes = [s[key].shape[0] for s in self._sweeps]
+            out[off] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        return out
+
+    def commit(self) -> CommitResult:
+        """Write the shard aside and rename it into place; see the class docstring."""
+        import zarr
+
+        if is_committed(self.version_dir, self.scene):
+            return CommitResult(self.scene, "exists", self.final_path, read_manifest(self.final_path))
+        shards = self.final_path.parent
+        shards.mkdir(parents=True, exist_ok=True)
+        tmp = shards / f".tmp-{self.scene}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            arrays = self._concat()
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            for name, data in arrays.items():
+                if name == "features" and data.shape[1] == 0:
+                    continue
+                _write_array(group, name, data)
+            group.attrs.update({
+                "calico_format_version": FORMAT_VERSION, "scene": self.scene, "tokens": self._tokens,
+                "channels": list(self.channels), "xyz_scale": XYZ_SCALE, "uv_scale": UV_SCALE,
+                "depth_scale": DEPTH_SCALE, "features": int(self._features or 0),
+                "flags": {"ground": int(FLAG_GROUND), "finite": int(FLAG_FINITE), "clipped": int(FLAG_CLIPPED)},
+            })
+            _write_table(self._rows, sweeps_schema(), tmp / SWEEPS_TABLE)
+            _write_table(self._errors, errors_schema(), tmp / ERRORS_TABLE)
+            files = file_table(tmp)
+            manifest = {
+                "calico_format_version": FORMAT_VERSION,
+                "scene": self.scene,
+                "counts": {"sweeps": len(self._sweeps), "points": int(arrays["offsets"][-1]),
+                           "pairs": int(arrays["proj_offsets"][-1]), "regions": int(arrays["region_offsets"][-1]),
+                           "errors": len(self._errors)},
+                "bytes": int(sum(v["bytes"] for v in files.values())),
+                "content_sha256": content_hash(files),
+                "files": files,
+            }
+            _fsync_all([tmp / rel for rel in files])
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            _fsync(tmp / MANIFEST)
+            try:
+                os.rename(tmp, self.final_path)
+            except OSError:
+                if is_committed(self.version_dir, self.scene):  # lost the race: the other copy stands
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return CommitResult(self.scene, "exists", self.final_path, read_manifest(self.final_path))
+                raise
+            _fsync(shards)
+            return CommitResult(self.scene, "committed", self.final_path, manifest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def read_manifest(shard: str | Path) -> dict:
+    return json.loads((Path(shard) / MANIFEST).read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Versions
+# ----------------------------------------------------------------------------------------------------------
+
+
+def versions_root(store: str | Path) -> Path:
+    return Path(store) / "versions"
+
+
+def version_dir(store: str | Path, vid: str) -> Path:
+    return versions_root(store) / vid
+
+
+def _atomic_write_table(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def create_version(store: str | Path, spec, info: Mapping[str, Any]) -> tuple[Path, bool]:
+    """Create ``versions/<spec.id>/version.json`` unless it exists. Returns (folder, created).
+
+    ``spec`` is a :class:`data_catalog.version.VersionSpec`; ``info`` adds the lineage, the expected scene names
+    (``scenes``) and anything else worth keeping. An existing version.json whose spec differs from ``spec``
+    (a hash collision or a hand edit) is an error.
+    """
+    vdir = version_dir(store, spec.id)
+    (vdir / "shards").mkdir(parents=True, exist_ok=True)
+    vj = vdir / "version.json"
+    if vj.is_file():
+        have = json.loads(vj.read_text())
+        if have.get("spec") != spec.to_dict():
+            raise InputError("version.json holds a different spec than its id says", vj)
+        return vdir, False
+    doc = {"id": spec.id, "spec": spec.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "created_unix": time.time(), **dict(info)}
+    # link() fails if another run created it meanwhile: first writer wins, the doc is never half-written.
+    tmp = vdir / f".version.json.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    try:
+        os.link(tmp, vj)
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return vdir, created
+
+
+def read_version_json(vdir: str | Path) -> dict:
+    p = Path(vdir) / "version.json"
+    if not p.is_file():
+        raise InputError("not a store version (no version.json)", vdir)
+    return json.loads(p.read_text())
+
+
+def list_versions(store: str | Path) -> list[dict]:
+    """version.json documents of every version in the store, oldest first."""
+    root = versions_root(store)
+    if not root.is_dir():
+        return []
+    docs = []
+    for d in root.iterdir():
+        if d.is_dir() and (d / "version.json").is_file():
+            docs.append(read_version_json(d))
+    return sorted(docs, key=lambda d: (d.get("created_unix", 0.0), d["id"]))
+
+
+def committed_scenes(vdir: str | Path) -> list[str]:
+    """Names of the committed shards (those with a manifest), sorted."""
+    root = Path(vdir) / "shards"
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir()
+                  if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).is_file())
+
+
+def tmp_dirs(vdir: str | Path) -> list[Path]:
+    root = Path(vdir) / "shards"
+    return sorted(p for p in root.glob(".tmp-*") if p.is_dir()) if root.is_dir() else []
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(vdir: str | Path) -> list[Path]:
+    """Remove ``.tmp-*`` shard folders left by dead writers on this host (pid not running); keep the rest.
+
+    Returns the folders removed.
+    """
+    host = socket.gethostname()
+    removed = []
+    for p in tmp_dirs(vdir):
+        parts = p.name.rsplit("-", 2)  # [".tmp-<scene>-<host>", pid, uuid]; scene and host may hold '-'
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[0].endswith("-" + host):
+            continue
+        pid_s = parts[1]
+        if not _pid_alive(int(pid_s)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Derived tables
+# ----------------------------------------------------------------------------------------------------------
+
+
+def read_shard_tables(vdir: str | Path, name: str, scenes: Iterable[str] | None = None):
+    """Concatenate ``name`` (sweeps.parquet or errors.parquet) over the committed shards (a pyarrow Table)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = sweeps_schema() if name == SWEEPS_TABLE else errors_schema()
+    scenes = committed_scenes(vdir) if scenes is None else list(scenes)
+    tables = [pq.read_table(Path(vdir) / "shards" / s / name, schema=schema) for s in scenes]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def scene_table(vdir: str | Path):
+    """Per-scene statistics (a pyarrow Table) derived from the shards' sweeps/errors tables and manifests.
+
+    Columns: scene, sweeps, errors, points, ground_fraction (ground / finite points of the scene),
+    noise_fraction (noise / non-ground finite points), clusters_mean, regions_kept_mean, regions_total,
+    region_size_p50_median (median over sweeps), t_total_ms (sum of stage totals), t_load_ms, store_bytes,
+    bytes_per_point (store bytes of the shard / points).
+    """
+    import pyarrow as pa
+
+    rows = []
+    for s in committed_scenes(vdir):
+        sw = read_shard_tables(vdir, SWEEPS_TABLE, [s]).to_pydict()
+        man = read_manifest(Path(vdir) / "shards" / s)
+        pts = np.asarray(sw["points"], np.float64)
+        finite = pts - np.asarray(sw["nonfinite_points"], np.float64)
+        ground = np.asarray(sw["ground_points"], np.float64)
+        noise = np.asarray(sw["noise_points"], np.float64)
+        nonground = finite - ground
+        n = len(sw["token"])
+        p50 = np.asarray([v for v in sw["region_size_p50"] if v is not None and not np.isnan(v)])
+        rows.append({
+            "scene": s, "sweeps": n, "errors": man["counts"]["errors"], "points": int(pts.sum()),
+            "ground_fraction": float(ground.sum() / finite.sum()) if finite.sum() else 0.0,
+            "noise_fraction": float(noise.sum() / nonground.sum()) if nonground.sum() else 0.0,
+            "clusters_mean": float(np.mean(sw["clusters"])) if n else 0.0,
+            "regions_kept_mean": float(np.mean(sw["regions_kept"])) if n else 0.0,
+            "regions_total": int(np.sum(sw["regions_kept"])) if n else 0,
+            "region_size_p50_median": float(np.median(p50)) if p50.size else float("nan"),
+            "t_total_ms": float(np.nansum(sw["t_total_ms"])) if n else 0.0,
+            "t_load_ms": float(np.nansum(sw["t_load_ms"])) if n else 0.0,
+            "store_bytes": int(man["bytes"]),
+            "bytes_per_point": float(man["bytes"] / pts.sum()) if pts.sum() else float("nan"),
+        })
+    schema = pa.schema([("scene", pa.string()), ("sweeps", pa.int64()), ("errors", pa.int64()),
+                        ("points", pa.int64()), ("ground_fraction", pa.float64()), ("noise_fraction", pa.float64()),
+                        ("clusters_mean", pa.float64()), ("regions_kept_mean", pa.float64()),
+                        ("regions_total", pa.int64()), ("region_size_p50_median", pa.float64()),
+                        ("t_total_ms", pa.float64()), ("t_load_ms", pa.float64()), ("store_bytes", pa.int64()),
+                        ("bytes_per_point", pa.float64())])
+    return pa.table({f.name: [r[f.name] for r in rows] for f in schema}, schema=schema)
+
+
+def finalize(vdir: str | Path) -> dict[str, Path]:
+    """Write the version-level ``sweeps.parquet``, ``errors.parquet`` and ``scenes.parquet`` (derived from the
+    committed shards; each replaced atomically). Returns their paths."""
+    vdir = Path(vdir)
+    out = {}
+    for name, table in ((SWEEPS_TABLE, read_shard_tables(vdir, SWEEPS_TABLE)),
+                        (ERRORS_TABLE, read_shard_tables(vdir, ERRORS_TABLE)),
+                        (SCENES_TABLE, scene_table(vdir))):
+        _atomic_write_table(table, vdir / name)
+        out[name] = vdir / name
+    return out

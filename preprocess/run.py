@@ -1,0 +1,433 @@
+"""The Dask stage: preprocess every scene of a nuScenes dataroot into a versioned store (docs/store.md).
+
+:func:`run` opens the dataroot, computes the store version (:mod:`data_catalog.version`), lists each scene's
+LiDAR sweeps with their calibration (on the driver: workers never load the devkit tables), and submits one task
+per scene (:func:`process_scene`) to a Dask cluster: a :class:`distributed.LocalCluster` with ``workers``
+processes by default, or the scheduler at ``scheduler`` (``tcp://host:8786``) when given, which is how a run
+scales to many machines (every worker must see the dataroot and the store at the same paths). Each task reads
+its scene's point files, runs :func:`preprocess.sweep.process_sweep` on every sweep, records the sweeps that
+fail with an :class:`shared.errors.InputError` (truncated or missing point file, missing image or calibration)
+in the shard's errors table and goes on, then commits the scene's shard atomically through
+:class:`data_catalog.store.ShardWriter`.
+
+Resuming: scenes whose shard is committed are skipped (checked before submitting and again in the task), so a
+killed run, rerun, redoes only the missing scenes; two runs on the same version at once each write their own
+temporary shard and the second rename loses harmlessly. At the end the version-level tables are derived
+(:func:`data_catalog.store.finalize`) and a run record is written to ``versions/<id>/runs/``.
+
+At most ``2 * workers`` scenes are in flight at once, so the driver holds the sweep lists of only those.
+GPU: with ``backend='gpu'`` (resolved on the driver) and no scheduler, the local cluster is dask-cuda's
+``LocalCUDACluster`` with one worker per GPU (at most ``workers``); written, not yet run on a GPU machine.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from data_catalog import store as st
+from data_catalog.version import (VersionSpec, check_sweeps, code_version, input_manifest,
+                                  nuscenes_input_files)
+from shared.errors import ConfigError, InputError
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """One sweep to process: its SweepInfo, or the error that stopped the driver from building it."""
+
+    token: str
+    info: Any = None  # shared.records.SweepInfo
+    error: tuple[str, str, str] | None = None  # (file, stage, reason)
+
+
+@dataclass(frozen=True)
+class ScenePlan:
+    scene: str
+    sweeps: tuple[SweepPlan, ...]
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``failed_sweeps`` counts sweeps in errors tables of the shards committed by this run;
+    ``failed_scenes`` maps a scene whose task crashed (no shard written) to the reason."""
+
+    version: str
+    path: str
+    scenes_total: int = 0
+    scenes_done: int = 0
+    scenes_skipped: int = 0
+    failed_scenes: dict[str, str] = field(default_factory=dict)
+    sweeps_done: int = 0
+    failed_sweeps: int = 0
+    points: int = 0
+    created_version: bool = False
+    wall_s: float = 0.0
+    kernel_s: float = 0.0  # sum over sweeps of process_sweep's total
+    load_s: float = 0.0  # sum over sweeps of point-file reading
+    write_s: float = 0.0  # sum over scenes of encoding + shard commit
+    prepare_s: float = 0.0  # driver: opening the tables, input manifest, version, sweep lists
+    tasks_s: float = 0.0  # wall time of the scene tasks, cluster start and stop included
+    workers: int = 0
+    dashboard: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every sweep and scene went through, 1 when some failed."""
+        return 1 if (self.failed_sweeps or self.failed_scenes) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Driver side: version and plans
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("numpy", "numba", "zarr", "pyarrow", "dask", "distributed", "nuscenes-devkit", "scikit-learn"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_commit() -> str:
+    head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (head.parent / ref[5:]).read_text().strip()
+        return ref
+    except OSError:
+        return ""
+
+
+def lidar_tokens(nusc, scene: dict, keyframes_only: bool) -> list[str]:
+    """LIDAR_TOP sample_data tokens of a scene in time order (as :func:`shared.nuscenes_io.iter_lidar_sweeps`)."""
+    from shared import nuscenes_io
+
+    return list(nuscenes_io.iter_lidar_tokens(nusc, scene, keyframes_only))
+
+
+def plan_scenes(nusc, sweeps: str, scenes: Sequence[str] | None = None) -> list[ScenePlan]:
+    """Per scene (sorted by name), its sweeps as :class:`SweepPlan`. A sweep whose record cannot be built
+    (e.g. a camera without calibration) carries its error instead of failing the run."""
+    from shared.nuscenes_io import iter_scenes, sweep_info
+
+    plans = []
+    for rec in iter_scenes(nusc, scenes):
+        items = []
+        for tok in lidar_tokens(nusc, rec, sweeps == "keyframes"):
+            try:
+                items.append(SweepPlan(tok, info=sweep_info(nusc, tok, scene=rec)))
+            except InputError as exc:
+                items.append(SweepPlan(tok, error=(exc.path or "", "calibration", str(exc))))
+        plans.append(ScenePlan(rec["name"], tuple(items)))
+    return plans
+
+
+def prepare_version(nusc, dataroot: str | Path, version: str, store: str | Path, cfg, sweeps: str, seed: int,
+                    argv: Sequence[str] | None = None) -> tuple[VersionSpec, Path, bool]:
+    """Compute the version of this run and create its folder (if new). Returns (spec, folder, created)."""
+    code = code_version()
+    manifest = input_manifest(dataroot, version, nuscenes_input_files(nusc, sweeps))
+    spec = VersionSpec(dataset_version=version, manifest_sha256=manifest["sha256"], config=cfg.to_dict(),
+                       sweeps=sweeps, seed=int(seed), code_sha256=code["sha256"])
+    info = {
+        "scenes": sorted(s["name"] for s in nusc.scene),
+        "dataset": {"dataroot": str(Path(dataroot).resolve()), "version": version,
+                    "manifest": {k: v for k, v in manifest.items()}},
+        "code": code,
+        "lineage": {"command": list(argv) if argv is not None else sys.argv, "host": socket.gethostname(),
+                    "user": getpass.getuser(), "python": platform.python_version(),
+                    "packages": _package_versions(), "git_commit": _git_commit()},
+    }
+    vdir, created = st.create_version(store, spec, info)
+    return spec, vdir, created
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Worker side: one scene
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _relpath(path, dataroot: str | None) -> str:
+    if path is None:
+        return ""
+    p = str(path)
+    if dataroot and p.startswith(dataroot.rstrip("/") + "/"):
+        return p[len(dataroot.rstrip("/")) + 1:]
+    return p
+
+
+def process_scene(vdir: str, plan: ScenePlan, cfg_dict: dict, backend: str, seed: int,
+                  dataroot: str | None = None) -> dict[str, Any]:
+    """Process one scene and commit its shard (runs on a Dask worker). Returns a small result dict:
+    ``scene, status (committed|exists|skipped), sweeps, errors, points, kernel_s, load_s, write_s``."""
+    import numpy as np
+
+    from preprocess.sweep import SweepConfig, process_sweep
+    from shared.nuscenes_io import check_sweep_files, load_sweep_points
+
+    out = {"scene": plan.scene, "status": "skipped", "sweeps": 0, "errors": 0, "points": 0, "kernel_s": 0.0,
+           "load_s": 0.0, "write_s": 0.0}
+    if st.is_committed(vdir, plan.scene):
+        return out
+    cfg = SweepConfig.from_dict(cfg_dict)
+    writer = st.ShardWriter(vdir, plan.scene)
+    write_s = 0.0
+    for sp in plan.sweeps:
+        if sp.error is not None:
+            file, stage, reason = sp.error
+            writer.add_error(sp.token, _relpath(file, dataroot), reason, stage)
+            continue
+        info = sp.info
+        rel = _relpath(info.path, dataroot)
+        t0 = time.perf_counter()
+        try:
+            check_sweep_files(info)
+            points = load_sweep_points(info)
+        except InputError as exc:
+            writer.add_error(sp.token, _relpath(exc.path, dataroot) or rel, str(exc), "load")
+            continue
+        t1 = time.perf_counter()
+        try:
+            res = process_sweep(points, info.cameras, cfg, backend=backend, seed=seed, token=info.token)
+        except InputError as exc:
+            writer.add_error(sp.token, _relpath(exc.path, dataroot) or rel, str(exc), "process")
+            continue
+        t2 = time.perf_counter()
+        sw = st.SweepInput(token=info.token, points=points, timestamp=info.timestamp,
+                           is_key_frame=info.is_key_frame, path=rel, lidar2ego=info.lidar2ego,
+                           ego2global=info.ego2global, cameras=info.cameras)
+        try:
+            writer.add(sw, res, backend=backend, load_ms=(t1 - t0) * 1e3)
+        except InputError as exc:
+            writer.add_error(sp.token, rel, str(exc), "encode")
+            continue
+        write_s += time.perf_counter() - t2
+        out["load_s"] += t1 - t0
+        out["kernel_s"] += res.timings_ms["total"] / 1e3
+        out["points"] += int(np.asarray(points).shape[0])
+    t3 = time.perf_counter()
+    result = writer.commit()
+    out["write_s"] = write_s + time.perf_counter() - t3
+    out["status"] = result.status
+    out["sweeps"] = result.manifest["counts"]["sweeps"]
+    out["errors"] = result.manifest["counts"]["errors"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _dashboard(client) -> str:
+    try:
+        import bokeh  # noqa: F401  (the dashboard needs it)
+    except ImportError:
+        return "unavailable (pip install bokeh to serve the Dask dashboard)"
+    try:
+        return str(client.dashboard_link)
+    except Exception:  # pragma: no cover - depends on the scheduler
+        return "unavailable"
+
+
+def run(
+    dataroot: str | Path,
+    version: str,
+    store: str | Path,
+    cfg=None,
+    *,
+    sweeps: str = "keyframes",
+    backend: str = "auto",
+    seed: int = 0,
+    workers: int = 2,
+    scheduler: str | None = None,
+    processes: bool = True,
+    threads_per_worker: int = 1,
+    scenes: Sequence[str] | None = None,
+    progress: bool = True,
+    log=print,
+    argv: Sequence[str] | None = None,
+) -> RunSummary:
+    """Preprocess ``scenes`` (default: all) of ``dataroot``/``version`` into ``store``; see the module docstring.
+
+    cfg: a :class:`preprocess.sweep.SweepConfig` (default: all defaults). workers/processes/threads_per_worker
+    shape the LocalCluster (``processes=False``: worker threads in this process); ``workers=0`` runs the scenes
+    one by one in the calling thread without Dask. ``scheduler``: address of an existing Dask scheduler (then
+    those are ignored). ``log``: where progress lines go (None: quiet). A scene whose task raises anything but
+    an InputError is recorded in ``failed_scenes`` (no shard; the next run retries it).
+    """
+    from preprocess.sweep import SweepConfig
+    from shared.backend import resolve_backend
+    from shared.nuscenes_io import open_nuscenes
+
+    t_start = time.perf_counter()
+    cfg = cfg if cfg is not None else SweepConfig()
+    check_sweeps(sweeps)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError("--seed", seed, "must be an integer")
+    if scheduler is None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ConfigError("--workers", workers, "must be an integer >= 0 (0: in this process, without Dask)")
+    backend = resolve_backend(backend)
+    log = log or (lambda *a, **k: None)
+    dataroot = Path(dataroot)
+
+    nusc = open_nuscenes(dataroot, version)
+    spec, vdir, created = prepare_version(nusc, dataroot, version, store, cfg, sweeps, seed, argv)
+    log(f"store version {spec.id} ({'new' if created else 'existing'}): {vdir}")
+    removed = st.clean_stale_tmp(vdir)
+    if removed:
+        log(f"removed {len(removed)} leftover temporary shard(s) of dead writers")
+    plans = plan_scenes(nusc, sweeps, scenes)
+    del nusc
+    summary = RunSummary(version=spec.id, path=str(vdir), scenes_total=len(plans), created_version=created)
+    todo = []
+    for p in plans:
+        if st.is_committed(vdir, p.scene):
+            summary.scenes_skipped += 1
+        else:
+            todo.append(p)
+    log(f"{len(plans)} scene(s): {summary.scenes_skipped} already committed, {len(todo)} to do")
+
+    summary.prepare_s = time.perf_counter() - t_start
+    t_tasks = time.perf_counter()
+    if todo and scheduler is None and workers == 0:
+        _run_inline(todo, vdir, cfg.to_dict(), backend, seed, str(dataroot.resolve()), summary, progress)
+    elif todo:
+        _run_tasks(todo, vdir, cfg.to_dict(), backend, seed, str(dataroot.resolve()), summary, workers,
+                   scheduler, processes, threads_per_worker, progress, log)
+    summary.tasks_s = time.perf_counter() - t_tasks
+    st.finalize(vdir)
+    summary.wall_s = time.perf_counter() - t_start
+    _write_run_record(vdir, summary, argv)
+    return summary
+
+
+def _account(summary: RunSummary, r: dict) -> None:
+    if r["status"] == "committed":
+        summary.scenes_done += 1
+        summary.sweeps_done += r["sweeps"]
+        summary.failed_sweeps += r["errors"]
+        summary.points += r["points"]
+        summary.kernel_s += r["kernel_s"]
+        summary.load_s += r["load_s"]
+        summary.write_s += r["write_s"]
+    else:  # committed meanwhile by another run
+        summary.scenes_skipped += 1
+
+
+def _run_inline(todo, vdir, cfg_dict, backend, seed, dataroot, summary, progress) -> None:
+    """``workers=0``: the scenes one after another in the calling thread, no Dask (debugging, tests)."""
+    from tqdm import tqdm
+
+    summary.workers = 0
+    summary.dashboard = "none (in-process run)"
+    for plan in tqdm(todo, unit="scene", disable=not progress, desc=f"preprocess {summary.version}"):
+        try:
+            r = process_scene(str(vdir), plan, cfg_dict, backend, seed, dataroot)
+        except Exception as exc:  # as with Dask: record the scene, go on
+            summary.failed_scenes[plan.scene] = f"{type(exc).__name__}: {exc}"
+            if os.environ.get("CALICO_DEBUG"):
+                traceback.print_exception(exc)
+            continue
+        _account(summary, r)
+
+
+def _cuda_cluster(workers: int):
+    """dask-cuda's LocalCUDACluster, one worker per visible GPU (at most ``workers``). Untested here (no GPU):
+    :class:`shared.errors.BackendUnavailable` when dask-cuda is not installed."""
+    from shared.errors import BackendUnavailable
+
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise BackendUnavailable("--backend gpu with a local cluster needs dask-cuda (pip install dask-cuda), "
+                                 "or pass --scheduler of a cluster with GPU workers") from None
+    import cupy
+
+    n = min(workers, int(cupy.cuda.runtime.getDeviceCount()))
+    return LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(range(n)), threads_per_worker=1, dashboard_address=":0")
+
+
+def _run_tasks(todo, vdir, cfg_dict, backend, seed, dataroot, summary, workers, scheduler, processes,
+               threads_per_worker, progress, log) -> None:
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm import tqdm
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    elif backend == "gpu" and processes:
+        cluster = _cuda_cluster(workers)
+        client = Client(cluster)
+    else:
+        env = {"NUMBA_NUM_THREADS": str(threads_per_worker), "OMP_NUM_THREADS": str(threads_per_worker)}
+        kw = {"env": env} if processes else {}
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
+                               dashboard_address=":0", **kw)
+        client = Client(cluster)
+    try:
+        nw = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+        summary.workers = nw
+        summary.dashboard = _dashboard(client)
+        log(f"Dask: {nw} worker(s), dashboard {summary.dashboard}")
+        window = 2 * nw
+        pending = list(todo)
+        futures = {}
+
+        run_tag = uuid.uuid4().hex[:8]
+
+        def submit(plan):
+            fut = client.submit(process_scene, str(vdir), plan, cfg_dict, backend, seed, dataroot,
+                                key=f"scene-{plan.scene}-{summary.version}-{run_tag}", pure=False)
+            futures[fut] = plan.scene
+            return fut
+
+        ac = as_completed([submit(pending.pop(0)) for _ in range(min(window, len(pending)))])
+        bar = tqdm(total=len(todo), unit="scene", disable=not progress, desc=f"preprocess {summary.version}")
+        for fut in ac:
+            scene = futures.pop(fut)
+            try:
+                r = fut.result()
+            except Exception as exc:  # a bug or an unexpected error in one scene: record it, go on
+                summary.failed_scenes[scene] = f"{type(exc).__name__}: {exc}"
+                log(f"scene {scene} failed: {type(exc).__name__}: {exc}")
+                if os.environ.get("CALICO_DEBUG"):
+                    traceback.print_exception(exc)
+            else:
+                _account(summary, r)
+            bar.update(1)
+            bar.set_postfix(sweeps=summary.sweeps_done, failed=summary.failed_sweeps)
+            if pending:
+                ac.add(submit(pending.pop(0)))
+        bar.close()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _write_run_record(vdir: Path, summary: RunSummary, argv) -> None:
+    runs = Path(vdir) / "runs"
+    runs.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    doc = {"finished": stamp, "host": socket.gethostname(), "pid": os.getpid(),
+           "command": list(argv) if argv is not None else sys.argv, "summary": summary.to_dict()}
+    (runs / f"{stamp}-{socket.gethostname()}-{os.getpid()}.json").write_text(json.dumps(doc, indent=1))

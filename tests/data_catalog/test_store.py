@@ -1,0 +1,276 @@
+"""Encoding, atomic shard commits and the reader, on fake processed sweeps (no dataset needed)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_catalog import store as st
+from data_catalog.reader import Shard
+from shared.records import CAMERAS
+
+from .conftest import fake_sweep
+
+
+def reference_region_summary(xyz, region):
+    """Slow per-region loop over the unquantised points."""
+    out = {}
+    for r in np.unique(region[region >= 0]):
+        p = xyz[region == r].astype(np.float64)
+        out[int(r)] = (p.shape[0], p.mean(0), p.min(0), p.max(0))
+    return out
+
+
+def test_quantise_xyz_error_bound_and_flags():
+    rng = np.random.default_rng(1)
+    xyz = rng.uniform(-300, 300, (10000, 3))
+    xyz[0] = (400.0, 0.0, 0.0)  # beyond the int16 range: clipped
+    xyz[1] = (np.nan, 1.0, 2.0)
+    xyz[2] = (np.inf, 1.0, 2.0)
+    q, finite, clipped = st.quantise_xyz(xyz)
+    assert q.dtype == np.int16
+    assert finite.tolist()[:3] == [True, False, False] and finite[3:].all()
+    assert clipped[0] and not clipped[1:].any()
+    back = st.dequantise_xyz(q)
+    ok = finite & ~clipped
+    # half a centimetre, plus float32 rounding of the decoded value (<= 2e-5 m at 300 m)
+    assert np.abs(back[ok] - xyz[ok]).max() <= st.XYZ_SCALE / 2 + 4e-5
+    assert back[0, 0] == pytest.approx(st.XYZ_LIMIT, abs=1e-3)
+    assert (q[1:3] == 0).all()
+
+
+def test_region_summaries_match_reference():
+    rng = np.random.default_rng(2)
+    xyz = rng.normal(size=(3000, 3)) * 10
+    region = rng.integers(-1, 40, 3000).astype(np.int16)
+    got = st.region_summaries(xyz, region)
+    ref = reference_region_summary(xyz, region)
+    assert got["region_id"].tolist() == sorted(ref)
+    for i, r in enumerate(got["region_id"]):
+        n, c, lo, hi = ref[int(r)]
+        assert got["region_points"][i] == n
+        np.testing.assert_allclose(got["region_centroid"][i], c, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(got["region_min"][i], lo, rtol=1e-6)
+        np.testing.assert_allclose(got["region_max"][i], hi, rtol=1e-6)
+    empty = st.region_summaries(xyz, np.full(3000, -1, np.int16))
+    assert empty["region_id"].size == 0 and empty["region_centroid"].shape == (0, 3)
+
+
+def test_round_trip_through_the_reader(make_shard):
+    vdir, items, res = make_shard(sizes=(500, 1200, 0, 300))
+    assert res.status == "committed" and res.path == vdir / "shards" / "scene-a"
+    man = res.manifest
+    assert man["counts"] == {"sweeps": 4, "points": 2000, "errors": 1,
+                             "pairs": sum(len(r.projection) for _, r in items),
+                             "regions": sum(np.unique(r.region[r.region >= 0]).size for _, r in items)}
+    shard = Shard(res.path)
+    assert len(shard) == 4 and shard.tokens == [sw.token for sw, _ in items]
+    for i, (sw, r) in enumerate(items):
+        got = shard.sweep(i)
+        n = sw.points.shape[0]
+        assert len(got) == n and got.token == sw.token
+        finite = np.isfinite(sw.points[:, :3]).all(1)
+        np.testing.assert_array_equal(got.finite, finite)
+        np.testing.assert_array_equal(got.ground, r.ground)
+        np.testing.assert_array_equal(got.region, r.region)
+        assert np.abs(got.xyz[finite] - sw.points[finite, :3]).max(initial=0) <= st.XYZ_SCALE / 2 + 1e-5
+        assert (got.xyz[~finite] == 0).all()
+        np.testing.assert_array_equal(got.features, sw.points[:, 3:].astype(np.float16))
+        # projections: same pairs; cameras renumbered into the shard's channel list
+        p = r.projection
+        np.testing.assert_array_equal(got.proj_point, p.point)
+        assert [shard.channels[c] for c in got.proj_cam] == [p.channels[c] for c in p.cam]
+        assert np.abs(got.uv - p.uv).max(initial=0) <= st.UV_SCALE / 2 + 1e-4
+        assert np.abs(got.depth - p.depth).max(initial=0) <= st.DEPTH_SCALE / 2 + 1e-5
+        np.testing.assert_array_equal(got.aug_params, r.aug_params)
+        assert got.timestamp == 1000 + i
+        np.testing.assert_array_equal(got.ego2global, np.eye(4) * (i + 1))
+        # calibration: present cameras at their CAMERAS index, absent ones NaN
+        for cam in sw.cameras:
+            c = CAMERAS.index(cam.channel)
+            np.testing.assert_array_equal(got.cam_lidar2cam[c], cam.lidar2cam)
+            assert got.cam_size[c].tolist() == [cam.width, cam.height]
+        assert np.isnan(got.cam_intrinsic[CAMERAS.index("CAM_BACK")]).all()
+        ref = reference_region_summary(np.nan_to_num(sw.points[:, :3]), r.region)
+        assert got.region_id.tolist() == sorted(ref)
+        for j, rid in enumerate(got.region_id):
+            assert got.region_points[j] == ref[int(rid)][0]
+            np.testing.assert_allclose(got.region_centroid[j], ref[int(rid)][1], atol=1e-3)
+    # sweeps are views of the shard's flat arrays, not copies
+    s1 = shard.sweep(1)
+    assert np.shares_memory(s1.raw["xyz"], shard.array("xyz"))
+    assert np.shares_memory(s1.region, shard.array("region"))
+    assert np.shares_memory(s1.raw["proj_uv"], shard.array("proj_uv"))
+    assert shard.sweep(-1).token == items[-1][0].token
+    with pytest.raises(IndexError):
+        shard.sweep(4)
+    sweeps = shard.sweeps_table().to_pydict()
+    assert sweeps["token"] == [sw.token for sw, _ in items] and sweeps["index"] == [0, 1, 2, 3]
+    assert sweeps["t_load_ms"] == [0.5] * 4 and sweeps["points"] == [500, 1200, 0, 300]
+    errors = shard.errors_table().to_pylist()
+    assert errors == [{"token": "scene-a-bad", "scene": "scene-a", "file": "s/bad.pcd.bin", "stage": "load",
+                       "reason": "truncated"}]
+
+
+def test_sweep_reads_only_the_arrays_asked_for(make_shard):
+    _, items, res = make_shard(sizes=(100, 200))
+    shard = Shard(res.path)
+    sw = shard.sweep(1, arrays=("region",))
+    np.testing.assert_array_equal(sw.region, items[1][1].region)
+    assert set(shard._cache) == {"offsets", "region", "flags"}
+
+
+def test_readable_with_plain_zarr_and_pyarrow(make_shard):
+    """The layout documented in docs/store.md, read with zarr + pyarrow only (in a fresh interpreter)."""
+    _, items, res = make_shard(sizes=(400, 700))
+    code = f"""
+import json, sys, zarr, numpy as np, pyarrow.parquet as pq
+g = zarr.open_group({str(res.path)!r}, mode="r")
+off = g["offsets"][:]
+i = 1
+xyz = g["xyz"][off[i]:off[i + 1]] * g.attrs["xyz_scale"]
+region = g["region"][off[i]:off[i + 1]]
+ground = (g["flags"][off[i]:off[i + 1]] & 1).astype(bool)
+t = pq.read_table({str(res.path / 'sweeps.parquet')!r})
+print(json.dumps({{"token": g.attrs["tokens"][i], "n": int(xyz.shape[0]), "region": region.tolist(),
+                   "ground": int(ground.sum()), "points": t.column("points").to_pylist(),
+                   "x0": float(xyz[0, 0])}}))
+assert "data_catalog" not in sys.modules and "preprocess" not in sys.modules
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    doc = json.loads(out.stdout)
+    sw, r = items[1]
+    assert doc["token"] == sw.token and doc["n"] == 700
+    assert doc["region"] == r.region.tolist() and doc["ground"] == int(r.ground.sum())
+    assert doc["points"] == [400, 700]
+    x0 = sw.points[0, 0]
+    assert (abs(doc["x0"] - x0) <= 0.005 + 1e-6) if np.isfinite(x0) else doc["x0"] == 0
+
+
+def test_shard_with_only_errors_commits_and_reads(tmp_path):
+    w = st.ShardWriter(tmp_path / "v", "scene-empty")
+    w.add_error("t1", "a.pcd.bin", "missing image", "load")
+    res = w.commit()
+    assert res.status == "committed" and res.manifest["counts"]["sweeps"] == 0
+    shard = Shard(res.path)
+    assert len(shard) == 0 and list(shard) == []
+    assert shard.errors_table().num_rows == 1
+
+
+def test_second_writer_skips_a_committed_shard(make_shard, tmp_path):
+    vdir, _, first = make_shard(seed=0)
+    before = st.read_manifest(first.path)
+    _, _, second = make_shard(seed=1, vdir=vdir)  # different content, same scene
+    assert second.status == "exists"
+    assert st.read_manifest(first.path) == before
+    assert st.tmp_dirs(vdir) == []
+
+
+def test_losing_the_rename_race_discards_the_loser(make_shard, monkeypatch):
+    """Both writers pass the 'already committed?' check, both write; the second rename fails and its copy goes."""
+    vdir, _, first = make_shard(seed=0)
+    before = st.read_manifest(first.path)
+    calls = {"n": 0}
+    real = st.is_committed
+
+    def late(v, s):  # the pre-check at the start of commit sees nothing yet
+        calls["n"] += 1
+        return False if calls["n"] == 1 else real(v, s)
+
+    monkeypatch.setattr(st, "is_committed", late)
+    _, _, second = make_shard(seed=1, vdir=vdir)
+    assert second.status == "exists" and calls["n"] >= 2
+    assert st.read_manifest(first.path) == before
+    assert st.tmp_dirs(vdir) == []
+
+
+def test_a_crash_while_writing_leaves_nothing_visible(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    w = st.ShardWriter(tmp_path / "v", "scene-x")
+    pts, res, cams = fake_sweep(rng, 100, "t")
+    w.add(st.SweepInput("t", pts, cameras=cams), res)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(st, "_write_table", boom)
+    with pytest.raises(OSError, match="disk full"):
+        w.commit()
+    assert not (tmp_path / "v" / "shards" / "scene-x").exists()
+    assert st.tmp_dirs(tmp_path / "v") == []
+    assert st.committed_scenes(tmp_path / "v") == []
+
+
+def test_shard_without_manifest_is_not_visible(tmp_path):
+    (tmp_path / "v" / "shards" / "scene-half").mkdir(parents=True)
+    (tmp_path / "v" / "shards" / "scene-half" / "zarr.json").write_text("{}")
+    assert st.committed_scenes(tmp_path / "v") == []
+    assert not st.is_committed(tmp_path / "v", "scene-half")
+
+
+def test_clean_stale_tmp_removes_only_dead_writers(tmp_path):
+    import socket
+
+    shards = tmp_path / "v" / "shards"
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = shards / f".tmp-scene-0001-{host}-{dead.pid}-abcd1234"
+    live = shards / f".tmp-scene-0002-{host}-{os.getpid()}-abcd1234"
+    other_host = shards / f".tmp-scene-0003-someotherhost-{dead.pid}-abcd1234"
+    for p in (stale, live, other_host):
+        p.mkdir(parents=True)
+    removed = st.clean_stale_tmp(tmp_path / "v")
+    assert removed == [stale]
+    assert live.is_dir() and other_host.is_dir()
+
+
+def test_bad_inputs_to_the_writer_are_named(tmp_path):
+    rng = np.random.default_rng(0)
+    w = st.ShardWriter(tmp_path / "v", "scene-y")
+    pts, res, cams = fake_sweep(rng, 50, "t")
+    from shared.errors import InputError
+
+    with pytest.raises(InputError, match="points must be"):
+        w.add(st.SweepInput("t", pts[:, :2], cameras=cams), res)
+    w.add(st.SweepInput("t", pts, cameras=cams), res)
+    pts4, res4, _ = fake_sweep(rng, 50, "u")
+    with pytest.raises(InputError, match="feature columns"):
+        w.add(st.SweepInput("u", pts4[:, :4], cameras=cams), res4)
+    with pytest.raises(InputError, match="cannot name a shard"):
+        st.ShardWriter(tmp_path / "v", "../evil")
+
+
+def test_finalize_and_scene_table(make_shard):
+    vdir, items, _ = make_shard("scene-a", sizes=(100, 200), seed=0)
+    make_shard("scene-b", sizes=(300,), seed=1, vdir=vdir)
+    paths = st.finalize(vdir)
+    import pyarrow.parquet as pq
+
+    sweeps = pq.read_table(paths["sweeps.parquet"]).to_pydict()
+    assert sweeps["scene"] == ["scene-a", "scene-a", "scene-b"]
+    assert pq.read_table(paths["errors.parquet"]).num_rows == 2
+    scenes = {r["scene"]: r for r in pq.read_table(paths["scenes.parquet"]).to_pylist()}
+    a = scenes["scene-a"]
+    assert a["sweeps"] == 2 and a["points"] == 300 and a["errors"] == 1
+    ground = sum(int(r.ground.sum()) for _, r in items)
+    finite = sum(int(np.isfinite(sw.points[:, :3]).all(1).sum()) for sw, _ in items)
+    assert a["ground_fraction"] == pytest.approx(ground / finite)
+    assert a["store_bytes"] == st.read_manifest(vdir / "shards" / "scene-a")["bytes"]
+    assert a["bytes_per_point"] == pytest.approx(a["store_bytes"] / 300)
+
+
+def test_points_without_feature_columns(tmp_path):
+    rng = np.random.default_rng(3)
+    w = st.ShardWriter(tmp_path / "v", "scene-k")
+    pts, res, cams = fake_sweep(rng, 80, "t")
+    w.add(st.SweepInput("t", np.ascontiguousarray(pts[:, :3]), cameras=cams), res)
+    out = w.commit()
+    assert not (out.path / "features").exists()
+    sw = Shard(out.path).sweep(0)
+    assert sw.features.shape == (80, 0) and len(sw) == 80
+    np.testing.assert_array_equal(sw.region, res.region)

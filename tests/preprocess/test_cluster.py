@@ -1,0 +1,266 @@
+"""DBSCAN: agreement with scikit-learn (same core points, same core partition, valid border assignment)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from shared.backend import gpu_status
+from shared.errors import BackendUnavailable, ConfigError, InputError
+from preprocess import cluster as C
+from preprocess.cluster import (ClusterConfig, adjusted_rand_index, cluster_nonground, core_partition_equal, dbscan,
+                                dbscan_core, dbscan_reference)
+
+
+def assert_matches_sklearn(xyz, cfg):
+    """Same core points, same core labels (clusters numbered like sklearn), border points labelled with the
+    cluster of a core point within eps, noise identical."""
+    labels, core = dbscan_core(xyz, cfg)
+    ref_labels, ref_core = dbscan_reference(xyz, cfg)
+    assert labels.dtype == np.int32 and core.dtype == bool
+    np.testing.assert_array_equal(core, ref_core)
+    np.testing.assert_array_equal(labels[core], ref_labels[core])
+    assert core_partition_equal(labels, core, ref_labels, ref_core)
+    np.testing.assert_array_equal(labels == -1, ref_labels == -1)
+    k = int(labels.max()) + 1 if len(labels) else 0
+    assert set(np.unique(labels[labels >= 0])) == set(range(k))
+    pts = np.asarray(xyz, dtype=np.float64)[:, : cfg.ndim]
+    border = np.flatnonzero((labels >= 0) & ~core)
+    for i in border:
+        d2 = ((pts[core] - pts[i]) ** 2).sum(1)
+        assert (labels[core][d2 <= cfg.eps ** 2] == labels[i]).any()
+    return labels, core
+
+
+@pytest.mark.parametrize("field,value", [("eps", 0), ("eps", float("inf")), ("min_samples", 0),
+                                         ("min_samples", 2.5), ("dims", "xz")])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ConfigError) as exc:
+        ClusterConfig(**{field: value})
+    assert exc.value.field == field
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dims", ["xy", "xyz"])
+def test_random_clouds_match_sklearn(seed, dims):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 800))
+    centers = rng.uniform(-20, 20, (int(rng.integers(1, 8)), 3))
+    pts = centers[rng.integers(0, len(centers), n)] + rng.normal(0, rng.uniform(0.3, 1.5), (n, 3))
+    pts = np.concatenate([pts, rng.uniform(-25, 25, (n // 4, 3))]).astype(np.float32)
+    assert_matches_sklearn(pts, ClusterConfig(dims=dims, min_samples=int(rng.integers(2, 8))))
+
+
+def test_duplicates_count_in_min_samples():
+    base = np.array([[0, 0, 0], [10, 0, 0], [20, 0, 0]], np.float32)
+    pts = np.concatenate([np.repeat(base[:1], 5, 0), np.repeat(base[1:2], 4, 0), base[2:]])
+    labels, core = assert_matches_sklearn(pts, ClusterConfig(min_samples=5))
+    assert core[:5].all() and not core[5:].any()
+    assert (labels[:5] == 0).all() and (labels[5:] == -1).all()
+
+
+def test_all_noise_and_one_giant_cluster():
+    grid = np.stack(np.meshgrid(np.arange(20), np.arange(20)), -1).reshape(-1, 2) * 2.0
+    pts = np.concatenate([grid, np.zeros((len(grid), 1))], 1).astype(np.float32)
+    labels, core = assert_matches_sklearn(pts, ClusterConfig())
+    assert (labels == -1).all()
+    rng = np.random.default_rng(1)
+    blob = rng.uniform(0, 5, (3000, 3)).astype(np.float32)
+    labels, core = assert_matches_sklearn(blob, ClusterConfig())
+    assert (labels == 0).all()
+
+
+@pytest.mark.parametrize("min_samples,dims", [(3, "xy"), (5, "xy"), (6, "xy"), (5, "xyz"), (7, "xyz")])
+def test_points_exactly_eps_apart(min_samples, dims):
+    """A grid with spacing exactly eps (0.75 is exact in float32): 4 neighbours at distance == eps count."""
+    v = np.arange(8, dtype=np.float32) * np.float32(0.75)
+    if dims == "xy":
+        g = np.stack(np.meshgrid(v, v), -1).reshape(-1, 2)
+        pts = np.concatenate([g, np.zeros((len(g), 1), np.float32)], 1)
+    else:
+        pts = np.stack(np.meshgrid(v[:4], v[:4], v[:4]), -1).reshape(-1, 3)
+    labels, core = assert_matches_sklearn(pts, ClusterConfig(min_samples=min_samples, dims=dims))
+    if dims == "xy" and min_samples == 5:
+        # interior points have exactly 4 neighbours at distance eps (+ itself): core; corners are not
+        assert core.reshape(8, 8)[1:-1, 1:-1].all() and not core.reshape(8, 8)[0, 0]
+    if dims == "xy" and min_samples == 6:
+        assert not core.any()
+
+
+def test_min_samples_one_makes_every_point_core():
+    pts = np.random.default_rng(2).uniform(0, 30, (300, 3)).astype(np.float32)
+    labels, core = assert_matches_sklearn(pts, ClusterConfig(min_samples=1))
+    assert core.all() and (labels >= 0).all()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pts=arrays(np.float32, st.tuples(st.integers(0, 120), st.just(3)),
+               elements=st.sampled_from(np.arange(-6, 6, 0.375, dtype=np.float32).tolist())
+               | st.floats(-5, 5, width=32)),
+    min_samples=st.integers(1, 6),
+    dims=st.sampled_from(["xy", "xyz"]),
+)
+def test_property_matches_sklearn(pts, min_samples, dims):
+    """Lattice values (many exact-eps distances and duplicates) mixed with arbitrary floats."""
+    assert_matches_sklearn(pts, ClusterConfig(min_samples=min_samples, dims=dims))
+
+
+@pytest.mark.parametrize("dims", ["xy", "xyz"])
+def test_sparse_cell_path_matches_dense(dims):
+    rng = np.random.default_rng(3)
+    pts = np.concatenate([rng.normal(0, 2, (600, 3)), rng.normal(30, 1, (200, 3))])
+    d = 2 if dims == "xy" else 3
+    a = C._dbscan_kernel(np.ascontiguousarray(pts[:, :d]), 0.75, 5, 1 << 30)
+    b = C._dbscan_kernel(np.ascontiguousarray(pts[:, :d]), 0.75, 5, 0)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_far_outliers_use_the_sparse_path_and_still_match():
+    rng = np.random.default_rng(4)
+    pts = np.concatenate([rng.normal(0, 1, (300, 3)), [[5e4, -5e4, 0], [5e4, -5e4, 0.1]]]).astype(np.float32)
+    assert_matches_sklearn(pts, ClusterConfig(min_samples=2))
+
+
+def test_non_finite_points_are_noise_and_isolated():
+    rng = np.random.default_rng(5)
+    pts = rng.normal(0, 1.5, (500, 3)).astype(np.float32)
+    bad = pts.copy()
+    rows = [3, 77, 200]
+    bad[3, 0] = np.nan
+    bad[77, 1] = np.inf
+    bad[200, 2] = np.nan  # z is ignored by xy clustering: finite in x, y, so a normal point there
+    labels, core = dbscan_core(bad)
+    keep = np.ones(len(pts), bool)
+    keep[[3, 77]] = False
+    ref = dbscan(pts[keep])
+    assert labels[3] == -1 and labels[77] == -1 and not core[[3, 77]].any()
+    np.testing.assert_array_equal(labels[keep], ref)
+    lab3 = dbscan(bad, ClusterConfig(dims="xyz"))
+    assert lab3[rows].tolist() == [-1, -1, -1]
+
+
+def test_empty_and_tiny_inputs():
+    for n in (0, 1, 2):
+        pts = np.arange(3 * n, dtype=np.float32).reshape(n, 3)
+        labels, core = dbscan_core(pts)
+        assert labels.shape == (n,) and (labels == -1).all() and not core.any()
+    labels, core = dbscan_core(np.zeros((2, 3), np.float32), ClusterConfig(min_samples=2))
+    assert labels.tolist() == [0, 0] and core.all()
+
+
+def test_bad_inputs():
+    with pytest.raises(InputError):
+        dbscan(np.zeros((5, 1), np.float32))
+    with pytest.raises(InputError):
+        dbscan(np.zeros((5, 2), np.float32), ClusterConfig(dims="xyz"))
+    with pytest.raises(InputError, match="too large"):
+        dbscan(np.array([[0, 0, 0], [1e30, 1e30, 0]], np.float32), ClusterConfig(dims="xyz"))
+    with pytest.raises(InputError):
+        cluster_nonground(np.zeros((5, 3), np.float32), np.zeros(4, bool))
+    if not gpu_status()[0]:
+        with pytest.raises(BackendUnavailable):
+            dbscan(np.zeros((5, 3), np.float32), backend="gpu")
+
+
+def test_cluster_nonground_keeps_ground_as_noise():
+    rng = np.random.default_rng(6)
+    pts = rng.normal(0, 1, (400, 3)).astype(np.float32)
+    ground = rng.random(400) < 0.3
+    labels = cluster_nonground(pts, ground)
+    assert (labels[ground] == -1).all()
+    np.testing.assert_array_equal(labels[~ground], dbscan(pts[~ground]))
+
+
+def test_agreement_measures():
+    a = np.array([0, 0, 1, 1, -1])
+    assert adjusted_rand_index(a, np.array([1, 1, 0, 0, -1])) == pytest.approx(1.0)
+    assert adjusted_rand_index(a, np.array([0, 1, 0, 1, -1])) < 0.5
+    core = np.array([True, True, True, True, False])
+    assert core_partition_equal(a, core, np.array([5, 5, 2, 2, -1]), core)
+    assert not core_partition_equal(a, core, np.array([5, 5, 5, 2, -1]), core)
+    assert not core_partition_equal(a, core, a, ~core)
+
+
+def test_renumber_by_first_core():
+    labels = np.array([7, 3, 3, 7, -1, 9])
+    core = np.array([False, True, True, True, False, False])
+    assert C._renumber_by_first_core(labels, core).tolist() == [1, 0, 0, 1, -1, -1]
+
+
+@pytest.mark.fixtures
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nuscenes/n008-2018-08-01-15-16-36-0400__LIDAR_TOP__1533151603597909.pcd.bin",
+                                  "nuscenes/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin",
+                                  "kitti/000000.bin"])
+def test_real_scans_match_sklearn_after_ground_removal(fixtures_dir, name):
+    from shared.pointcloud import load_points
+    from preprocess.ground import fit_ground
+
+    xyz = load_points(fixtures_dir / name)[:, :3]
+    ng = xyz[~fit_ground(xyz).mask]
+    labels, core = dbscan_core(ng)
+    ref_labels, ref_core = dbscan_reference(ng)
+    np.testing.assert_array_equal(core, ref_core)
+    np.testing.assert_array_equal(labels[core], ref_labels[core])
+    assert adjusted_rand_index(labels, ref_labels) > 0.999
+    assert labels.max() + 1 == ref_labels.max() + 1 > 10
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu():
+    ok, why = gpu_status()
+    if not ok:
+        pytest.skip(why)
+    rng = np.random.default_rng(7)
+    pts = np.concatenate([rng.normal(0, 2, (3000, 3)), rng.uniform(-30, 30, (1000, 3))]).astype(np.float32)
+    for dims in ("xy", "xyz"):
+        cfg = ClusterConfig(dims=dims)
+        lc, cc = dbscan_core(pts, cfg, backend="cpu")
+        lg, cg = dbscan_core(pts, cfg, backend="gpu")
+        np.testing.assert_array_equal(cg, cc)
+        assert core_partition_equal(lg, cg, lc, cc)
+        assert adjusted_rand_index(lg, lc) > 0.999
+
+
+def test_gpu_glue_with_sklearn_standing_in_for_cuml(monkeypatch):
+    """The cuML code path (renumbering, core mask) with scikit-learn standing in for cuML and numpy for cupy."""
+    import sys
+    import types
+
+    from sklearn.cluster import DBSCAN as SkDBSCAN
+
+    class FakeCuDBSCAN:
+        def __init__(self, eps, min_samples, metric, calc_core_sample_indices, output_type):
+            assert metric == "euclidean" and calc_core_sample_indices
+            self._m = SkDBSCAN(eps=eps, min_samples=min_samples)
+
+        def fit_predict(self, x):
+            self._m.fit(np.asarray(x))
+            # cuML numbers clusters in its own order: scramble the ids to check the renumbering
+            lab = self._m.labels_.copy()
+            k = lab.max() + 1
+            lab[lab >= 0] = (k - 1) - lab[lab >= 0]
+            self.core_sample_indices_ = self._m.core_sample_indices_
+            return lab
+
+    cuml = types.ModuleType("cuml")
+    cuml.cluster = types.ModuleType("cuml.cluster")
+    cuml.cluster.DBSCAN = FakeCuDBSCAN
+    fake_cp = types.SimpleNamespace(asarray=lambda a, dtype=None: np.asarray(a, dtype=dtype), float64=np.float64,
+                                    asnumpy=np.asarray)
+    monkeypatch.setitem(sys.modules, "cuml", cuml)
+    monkeypatch.setitem(sys.modules, "cuml.cluster", cuml.cluster)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cp)
+    rng = np.random.default_rng(8)
+    pts = np.concatenate([rng.normal(0, 2, (800, 2)), rng.uniform(-30, 30, (300, 2))])
+    lab_gpu, core_gpu = C._dbscan_gpu(pts, ClusterConfig())
+    lab_cpu, core_cpu = C._dbscan_kernel(pts, 0.75, 5, 1 << 22)
+    np.testing.assert_array_equal(core_gpu, core_cpu)
+    np.testing.assert_array_equal(lab_gpu[core_gpu], lab_cpu[core_cpu])
+    assert lab_gpu.dtype == np.int32
+    empty = C._dbscan_gpu(np.zeros((0, 2)), ClusterConfig())
+    assert empty[0].shape == (0,) and empty[1].shape == (0,)
