@@ -1,9 +1,10 @@
-"""``calico preprocess run|verify`` and ``calico catalog list|show|stats|diff``: the region-cache store.
+"""``calico preprocess run|verify``, ``calico catalog list|show|stats|diff|report|gc``: the region-cache store.
 
 ``run`` preprocesses a nuScenes dataroot into a versioned store with Dask (:mod:`preprocess.run`), ``verify``
 checks a store version against its manifests (:mod:`data_catalog.verify`), and the ``catalog`` sub-app lists
-the versions of a store, shows one (configuration, lineage, counts), prints its per-scene statistics and
-diffs two versions.
+the versions of a store, shows one (configuration, lineage, counts), prints its per-scene statistics,
+diffs two versions, writes an HTML report of one (:mod:`data_catalog.report`) and removes versions no longer
+wanted (:mod:`data_catalog.gc`).
 Heavy imports happen inside the commands. Also runnable on its own: ``python -m calico.commands.store``.
 """
 from __future__ import annotations
@@ -244,3 +245,76 @@ def diff(
     for s, vals in scenes.items():
         t.add_row(s, *[f"{x:.3g} -> {y:.3g}" for x, y in vals.values()])
     c.print(t)
+
+
+@catalog_app.command("report")
+def report(
+    store: Path = typer.Option(..., "--store", help="Store folder."),
+    version: Optional[str] = typer.Argument(None, help="Version id or unique prefix (default: latest)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default STORE/reports); the page is "
+                                                           "<out>/<id>.html."),
+    all_versions: bool = typer.Option(False, "--all", help="One page per version of the store."),
+    sweeps: Optional[List[str]] = typer.Option(None, "--sweeps", help="Sweep token to draw in bird's-eye view "
+                                                                      "(repeatable; default: --n-sweeps picked)."),
+    n_sweeps: int = typer.Option(4, "--n-sweeps", help="Sweeps picked for bird's-eye pictures when no "
+                                                       "--sweeps is given (spread over the scenes)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Write a static, self-contained HTML page of a version: spec, counts, per-scene statistics, errors,
+    plots (region sizes, ground fraction and clusters per scene) and bird's-eye pictures of regions."""
+    from data_catalog import store as st
+    from data_catalog.report import ReportConfig, write_report
+
+    cfg = ReportConfig(sweeps=tuple(sweeps or ()), n_sweeps=n_sweeps)
+    ids = [d["id"] for d in st.list_versions(store)] if all_versions else [version]
+    if all_versions and version is not None:
+        from shared.errors import ConfigError
+
+        raise ConfigError("version", version, "give a version id or --all, not both")
+    for vid in ids:
+        r = write_report(store, vid, out, cfg, progress=progress)
+        typer.echo(f"version {r.version}: {r.path} ({r.path.stat().st_size / 1e3:.0f} kB, "
+                   f"{len(r.sweeps_drawn)} sweep(s) drawn, {r.seconds:.1f} s)")
+
+
+@catalog_app.command("gc")
+def gc(
+    store: Path = typer.Option(..., "--store", help="Store folder."),
+    keep: Optional[List[str]] = typer.Option(None, "--keep", help="Version id or unique prefix to keep "
+                                                                  "(repeatable)."),
+    keep_latest: int = typer.Option(1, "--keep-latest", help="Keep the N most recently created versions "
+                                                             "(0: none, only --keep)."),
+    grace: float = typer.Option(600.0, "--grace", help="Seconds: a version modified more recently may have a "
+                                                       "live writer and is kept."),
+    dry_run: bool = typer.Option(True, "--dry-run/--yes", help="Only list what would be removed (default); "
+                                                               "--yes removes it."),
+) -> None:
+    """Remove store versions no longer wanted: all but --keep and the --keep-latest latest ones, never one with
+    a live writer. Dry run by default. Versions are renamed into STORE/trash/ and then deleted, so a crash
+    leaves no half-deleted version; the next gc empties trash/. Exit status 1 when a version to remove was kept
+    because it is busy."""
+    from rich.table import Table
+
+    from data_catalog.gc import collect, human_bytes, plan_gc
+
+    plan = plan_gc(store, keep=keep or (), keep_latest=keep_latest, grace_s=grace)
+    t = Table(title=f"store {store}: {len(plan.versions)} version(s)" + (" (dry run)" if dry_run else ""),
+              header_style="bold")
+    for c in ("id", "created", "size", "action", "why"):
+        t.add_column(c, justify="right" if c == "size" else "left")
+    for v in plan.versions:
+        t.add_row(v.id, v.created, human_bytes(v.bytes), v.action, v.reason)
+    _console().print(t)
+    if plan.trash:
+        typer.echo(f"trash/: {len(plan.trash)} leftover folder(s) of an earlier gc, {human_bytes(plan.trash_bytes)}")
+    if dry_run:
+        typer.echo(f"would remove {len(plan.to_remove)} version(s) and free {human_bytes(plan.bytes_freed)}; "
+                   "rerun with --yes to do it")
+        raise typer.Exit(1 if plan.busy else 0)
+    res = collect(store, plan, grace_s=grace)
+    for vid, why in res.skipped.items():
+        typer.echo(f"  kept {vid}: {why}")
+    typer.echo(f"removed {len(res.removed)} version(s)" + (f" ({', '.join(res.removed)})" if res.removed else "")
+               + (f", emptied {len(res.trash_emptied)} trash folder(s)" if res.trash_emptied else "")
+               + f"; freed {human_bytes(res.bytes_freed)}")
+    raise typer.Exit(1 if plan.busy or any(w.startswith("busy") for w in res.skipped.values()) else 0)

@@ -261,6 +261,8 @@ class World:
     kind: str
     extent: tuple[float, float, float, float] = field(default=(0.0, 0.0, 0.0, 0.0))  # xmin, ymin, xmax, ymax
     s_range: tuple[float, float] = (-100.0, 100.0)  # the part of the road that exists (arc length)
+    parking: bool = False  # a 2.5 m parking lane at the outer edge of each side
+    bike_lane: bool = False  # a 1.5 m bike lane beside the driving lanes on each side
 
     # --- poses --------------------------------------------------------------------------------------------
     def ego_pose(self, t: float) -> np.ndarray:
@@ -585,7 +587,7 @@ def make_world(rng: np.random.Generator, duration: float, density: float = 1.0) 
     extent = (0.0, 0.0, float(pts[:, 0].max() + margin), float(pts[:, 1].max() + margin))
     return World(road=P, static_prims=st, static_colours=np.array(cols, dtype=np.uint8).reshape(-1, 3),
                  agents=tuple(agents), ego=ego, duration=duration, kind=kind, extent=extent,
-                 s_range=(s_lo - 30.0, s_hi + 30.0))
+                 s_range=(s_lo - 30.0, s_hi + 30.0), parking=bool(parking), bike_lane=bool(bike_lane))
 
 
 @njit(cache=True)

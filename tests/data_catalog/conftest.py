@@ -75,3 +75,20 @@ def make_shard(tmp_path):
         return vdir, items, w.commit()
 
     return make
+
+
+def pytest_configure(config):
+    # The lead will move this marker into pyproject.toml's markers list.
+    config.addinivalue_line("markers", "browser: renders a page in headless Chromium (/usr/bin/chromium); "
+                                       "skipped when it is absent")
+
+
+@pytest.fixture(scope="session")
+def catalog_store(synth_root, tmp_path_factory):
+    """(store, version id) of a keyframes store of the generated ``tiny`` dataset, written once per session."""
+    from preprocess.run import run
+
+    root, version = synth_root
+    store = tmp_path_factory.mktemp("catalog_store")
+    summary = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None)
+    return store, summary.version

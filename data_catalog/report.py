@@ -1,0 +1,415 @@
+"""A static HTML report of one store version: spec, configuration, lineage, counts, per-scene statistics,
+errors, plots and bird's-eye pictures of the regions of chosen sweeps.
+
+>>> path = write_report("STORE", version=None, out_dir="STORE/reports")   # the latest version
+>>> path                                                                     # STORE/reports/<id>.html
+
+The page is one self-contained file: the pictures are PNGs rendered with matplotlib's Agg backend and embedded
+as ``data:image/png;base64`` URIs; there is no JavaScript, no external CSS or font, nothing fetched from the
+network. Every string taken from the store (scene names, tokens, file names, error reasons, configuration
+values, lineage) is HTML-escaped.
+
+Elements carry ``id`` / ``data-*`` attributes so that a test (or a script) can find them without parsing the
+layout: ``table#counts`` (``td[data-key]``), ``table#scenes`` (rows ``tr[data-scene]``, cells ``td[data-col]``,
+``data-value`` holds the exact number), ``table#errors``, ``figure.plot[data-plot]`` and ``figure.bev``
+(``data-scene``, ``data-index``, ``data-token``, ``data-points``, ``data-regions``).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from data_catalog.reader import StoreVersion, open_version
+from shared.errors import ConfigError, InputError
+
+#: Per-scene columns shown in the report (name, format).
+SCENE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("sweeps", "{:,}"), ("errors", "{:,}"), ("points", "{:,}"), ("ground_fraction", "{:.3f}"),
+    ("noise_fraction", "{:.3f}"), ("clusters_mean", "{:.1f}"), ("regions_kept_mean", "{:.1f}"),
+    ("regions_total", "{:,}"), ("region_size_p50_median", "{:.0f}"), ("t_total_ms", "{:.0f}"),
+    ("bytes_per_point", "{:.2f}"),
+)
+
+#: At most this many error rows are written (the count is always given in full).
+MAX_ERROR_ROWS = 500
+
+#: Box plots per scene up to this many scenes; beyond, one point per scene (mean) over the scene index.
+MAX_BOX_SCENES = 40
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What to draw.
+
+    sweeps: sweep tokens to draw as bird's-eye pictures (empty: ``n_sweeps`` chosen by :func:`pick_sweeps`);
+    n_sweeps: number of sweeps picked when ``sweeps`` is empty (0: none); bev_range_m: half width of the
+    bird's-eye window in metres (points outside are not drawn); max_ground_points: ground points drawn per
+    picture at most (a deterministic subsample; regions are always drawn whole); dpi: of every figure.
+    """
+
+    sweeps: tuple[str, ...] = ()
+    n_sweeps: int = 4
+    bev_range_m: float = 40.0
+    max_ground_points: int = 40_000
+    dpi: int = 80
+
+    def __post_init__(self):
+        if self.n_sweeps < 0:
+            raise ConfigError("n_sweeps", self.n_sweeps, "must be >= 0")
+        if not self.bev_range_m > 0:
+            raise ConfigError("bev_range_m", self.bev_range_m, "must be > 0")
+        if self.max_ground_points < 0:
+            raise ConfigError("max_ground_points", self.max_ground_points, "must be >= 0")
+        if not 20 <= self.dpi <= 300:
+            raise ConfigError("dpi", self.dpi, "must be in [20, 300]")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------
+
+
+def pick_sweeps(sweeps_rows: Sequence[dict], n: int) -> list[tuple[str, int, str]]:
+    """``n`` sweeps spread over the version: (scene, index, token), one per scene first (scenes evenly spaced),
+    then the middle sweeps of the scenes again. ``sweeps_rows``: rows of the sweeps table (scene, index, token),
+    in store order."""
+    by_scene: dict[str, list[dict]] = {}
+    for r in sweeps_rows:
+        by_scene.setdefault(r["scene"], []).append(r)
+    scenes = sorted(by_scene)
+    if n <= 0 or not scenes:
+        return []
+    picked: list[tuple[str, int, str]] = []
+    seen = set()
+    rounds = 0
+    while len(picked) < n and rounds < 64:
+        k = min(n - len(picked), len(scenes))
+        for si in np.unique(np.linspace(0, len(scenes) - 1, k).round().astype(int)):
+            rows = by_scene[scenes[si]]
+            # round 0: the middle sweep, then spread around it
+            j = (len(rows) // 2 + rounds * max(1, len(rows) // 3)) % len(rows)
+            r = rows[j]
+            if r["token"] not in seen:
+                seen.add(r["token"])
+                picked.append((r["scene"], int(r["index"]), r["token"]))
+        rounds += 1
+    return picked[:n]
+
+
+def region_sizes(v: StoreVersion, progress: Callable[[Iterable], Iterable] = iter) -> np.ndarray:
+    """(R,) int64 points per region over every sweep of the committed shards (the ``region_points`` arrays;
+    only those are read)."""
+    from data_catalog.reader import Shard
+    from data_catalog import store as st
+
+    parts = [np.asarray(Shard(st.shard_dir(v.path, s)).array("region_points"), np.int64)
+             for s in progress(v.scenes())]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _png(fig) -> str:
+    """A matplotlib figure as a base64 PNG string (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_region_sizes(sizes: np.ndarray, dpi: int) -> str:
+    """Histogram of points per region (log-spaced bins). Returns a base64 PNG."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=dpi)
+    if sizes.size:
+        hi = max(2.0, float(sizes.max()) + 1)
+        bins = np.unique(np.geomspace(1, hi, 40).round())
+        ax.hist(sizes, bins=bins, color="#3b75af", edgecolor="white", linewidth=0.4)
+        ax.set_xscale("log")
+        ax.axvline(float(np.median(sizes)), color="#c44e52", ls="--", lw=1,
+                   label=f"median {np.median(sizes):.0f}")
+        ax.legend(frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no regions", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("points per region")
+    ax.set_ylabel("regions")
+    ax.set_title(f"cluster (region) sizes: {sizes.size:,} regions")
+    return _png(fig)
+
+
+def plot_per_scene(rows: Sequence[dict], column: str, label: str, dpi: int) -> str:
+    """Box plot over sweeps of ``column`` per scene (up to :data:`MAX_BOX_SCENES` scenes), else the per-scene
+    mean with the 10-90 % range over the scene index. ``rows``: sweeps table rows. Returns a base64 PNG."""
+    plt = _plt()
+    by_scene: dict[str, list[float]] = {}
+    for r in rows:
+        val = r[column]
+        if val is not None and np.isfinite(val):
+            by_scene.setdefault(r["scene"], []).append(float(val))
+    scenes = sorted(by_scene)
+    width = min(14.0, max(5.0, 0.45 * len(scenes) + 2)) if len(scenes) <= MAX_BOX_SCENES else 10.0
+    fig, ax = plt.subplots(figsize=(width, 3.6), dpi=dpi)
+    if not scenes:
+        ax.text(0.5, 0.5, "no sweeps", ha="center", va="center", transform=ax.transAxes)
+    elif len(scenes) <= MAX_BOX_SCENES:
+        ax.boxplot([by_scene[s] for s in scenes], showmeans=True, widths=0.6)
+        ax.set_xticks(range(1, len(scenes) + 1), scenes, rotation=60 if len(scenes) > 6 else 0,
+                      ha="right" if len(scenes) > 6 else "center", fontsize=8)
+    else:
+        x = np.arange(len(scenes))
+        mean = np.array([np.mean(by_scene[s]) for s in scenes])
+        lo = np.array([np.percentile(by_scene[s], 10) for s in scenes])
+        hi = np.array([np.percentile(by_scene[s], 90) for s in scenes])
+        ax.fill_between(x, lo, hi, color="#3b75af", alpha=0.25, label="10-90 % over sweeps")
+        ax.plot(x, mean, ".", color="#3b75af", ms=3, label="mean")
+        ax.set_xlabel("scene (sorted by name)")
+        ax.legend(frameon=False)
+    ax.set_ylabel(label)
+    ax.set_title(f"{label} per scene ({len(scenes)} scene(s), over sweeps)")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def region_colours(ids: np.ndarray) -> np.ndarray:
+    """(K, 4) float RGBA, a distinct colour per region id (golden-ratio hues, so neighbours differ)."""
+    import matplotlib.colors as mcolors
+
+    ids = np.asarray(ids, np.int64)
+    hue = (ids * 0.618033988749895) % 1.0
+    sat = 0.65 + 0.3 * ((ids * 7) % 3) / 2
+    val = 0.95 - 0.2 * ((ids * 5) % 2)
+    rgb = mcolors.hsv_to_rgb(np.stack([hue, sat, val], axis=1)) if ids.size else np.zeros((0, 3))
+    return np.concatenate([rgb, np.ones((ids.size, 1))], axis=1)
+
+
+def plot_bev(xyz: np.ndarray, ground: np.ndarray, finite: np.ndarray, region: np.ndarray, title: str,
+             cfg: ReportConfig) -> str:
+    """Bird's-eye picture of one sweep: ground grey, points of no region light, each region its own colour.
+
+    xyz (N, 3) float32 metres; ground, finite (N,) bool; region (N,) int16 (-1: none). Returns a base64 PNG.
+    """
+    plt = _plt()
+    r = cfg.bev_range_m
+    inside = finite & (np.abs(xyz[:, 0]) <= r) & (np.abs(xyz[:, 1]) <= r)
+    fig, ax = plt.subplots(figsize=(5.2, 5.2), dpi=cfg.dpi)
+    g = np.flatnonzero(inside & ground)
+    if g.size > cfg.max_ground_points:
+        g = g[np.linspace(0, g.size - 1, cfg.max_ground_points).astype(np.int64)]
+    ax.scatter(xyz[g, 0], xyz[g, 1], s=0.8, c="#a8a8a8", linewidths=0, rasterized=True)
+    other = np.flatnonzero(inside & ~ground & (region < 0))
+    ax.scatter(xyz[other, 0], xyz[other, 1], s=0.4, c="#404040", alpha=0.35, linewidths=0, rasterized=True)
+    reg = np.flatnonzero(inside & (region >= 0))
+    if reg.size:
+        ids, inv = np.unique(region[reg], return_inverse=True)
+        ax.scatter(xyz[reg, 0], xyz[reg, 1], s=2.5, c=region_colours(ids)[inv], linewidths=0, rasterized=True)
+    ax.plot([0], [0], marker="^", color="red", ms=6)
+    ax.set_xlim(-r, r)
+    ax.set_ylim(-r, r)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m, LiDAR frame)")
+    ax.set_ylabel("y (m)")
+    ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# HTML
+# ----------------------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ccc;padding:3px 7px} th{background:#f0f0f0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto;max-height:420px}
+figure{display:inline-block;margin:6px;vertical-align:top} figcaption{font-size:12px;max-width:520px}
+.muted{color:#777}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _kv_table(tid: str, items: Iterable[tuple[str, Any]]) -> str:
+    rows = "".join(f'<tr><th>{_e(k)}</th><td data-key="{_e(k)}">{_e(v)}</td></tr>' for k, v in items)
+    return f'<table id="{tid}">{rows}</table>'
+
+
+def _fmt(fmt: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return fmt.format(v)
+
+
+def _non_default(config: dict) -> dict:
+    from data_catalog.version import diff_specs
+    from preprocess.sweep import SweepConfig
+
+    return {k: v[1] for k, v in diff_specs(SweepConfig().to_dict(), config).items()}
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    path: Path
+    version: str
+    sweeps_drawn: tuple[tuple[str, int, str], ...]
+    seconds: float
+
+
+def build_html(v: StoreVersion, cfg: ReportConfig = ReportConfig(),
+               progress: Callable[[Iterable, str], Iterable] | None = None) -> tuple[str, list]:
+    """The report page of version ``v`` (a string) and the sweeps drawn [(scene, index, token)].
+
+    ``progress(iterable, description)`` wraps the slow loops (reading shards, drawing sweeps)."""
+    wrap = progress or (lambda it, desc: it)
+    sweeps = v.sweeps_table().to_pylist()
+    errors = v.errors_table().to_pylist()
+    scenes = v.scenes_table().to_pylist()
+    if cfg.sweeps:
+        tok = {r["token"]: r for r in sweeps}
+        unknown = [t for t in cfg.sweeps if t not in tok]
+        if unknown:
+            raise InputError(f"sweep token(s) not in version {v.id}: {', '.join(unknown)}", v.path)
+        chosen = [(tok[t]["scene"], int(tok[t]["index"]), t) for t in cfg.sweeps]
+    else:
+        chosen = pick_sweeps(sweeps, cfg.n_sweeps)
+
+    spec, info = v.spec, v.info
+    lin = info.get("lineage", {}) or {}
+    counts = {"scenes_committed": len(v.scenes()), "scenes_expected": len(v.expected_scenes()),
+              "sweeps": len(sweeps), "errors": len(errors),
+              "points": int(sum(r["points"] for r in sweeps))}
+    missing = sorted(set(v.expected_scenes()) - set(v.scenes()))
+
+    parts: list[str] = []
+    add = parts.append
+    add(f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<title>calico store version {_e(v.id)}</title><style>{_CSS}</style></head><body>')
+    add(f'<h1 id="title">Store version <code>{_e(v.id)}</code></h1>')
+    add(f'<p class="muted">{_e(v.path)} &middot; report written '
+        f'{_e(time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()))}</p>')
+
+    add('<h2 id="summary">Summary</h2>')
+    add(_kv_table("spec", [
+        ("created", info.get("created", "")), ("dataset_version", spec.get("dataset_version")),
+        ("manifest_sha256", spec.get("manifest_sha256")), ("sweeps", spec.get("sweeps")),
+        ("seed", spec.get("seed")), ("code_sha256", spec.get("code_sha256")),
+        ("format_version", spec.get("format_version")),
+    ]))
+    nd = _non_default(v.config)
+    add("<p>Non-default parameters: " + (", ".join(f"<code>{_e(k)}={_e(val)}</code>" for k, val in nd.items())
+                                         or "(none)") + "</p>")
+    add('<h2 id="counts-title">Counts</h2>')
+    add(_kv_table("counts", [(k, f"{val:,}") for k, val in counts.items()]))
+    if missing:
+        add(f'<p id="missing">Missing scenes (expected, not committed): {_e(", ".join(missing))}</p>')
+
+    add('<h2 id="scenes-title">Per-scene statistics</h2><table id="scenes"><tr><th>scene</th>'
+        + "".join(f"<th>{_e(c)}</th>" for c, _ in SCENE_COLUMNS) + "</tr>")
+    for r in scenes:
+        cells = "".join(f'<td class="num" data-col="{c}" data-value="{_e(r[c])}">{_e(_fmt(f, r[c]))}</td>'
+                        for c, f in SCENE_COLUMNS)
+        add(f'<tr data-scene="{_e(r["scene"])}"><td>{_e(r["scene"])}</td>{cells}</tr>')
+    add("</table>")
+
+    add(f'<h2 id="errors-title">Errors ({len(errors):,})</h2>')
+    if errors:
+        add('<table id="errors"><tr><th>scene</th><th>token</th><th>stage</th><th>file</th><th>reason</th></tr>')
+        for r in errors[:MAX_ERROR_ROWS]:
+            add("<tr>" + "".join(f"<td>{_e(r[k] if r[k] is not None else '')}</td>"
+                                 for k in ("scene", "token", "stage", "file", "reason")) + "</tr>")
+        add("</table>")
+        if len(errors) > MAX_ERROR_ROWS:
+            add(f"<p>... {len(errors) - MAX_ERROR_ROWS:,} more in errors.parquet</p>")
+    else:
+        add('<p id="no-errors">No errors: every sweep went through.</p>')
+
+    add('<h2 id="plots-title">Plots</h2>')
+    sizes = region_sizes(v, progress=lambda it: wrap(it, "region sizes"))
+    for key, b64, cap in (
+            ("region_sizes", plot_region_sizes(sizes, cfg.dpi),
+             f"Points per region over all {len(sweeps):,} sweeps ({sizes.size:,} regions)."),
+            ("ground_fraction", plot_per_scene(sweeps, "ground_fraction", "ground fraction", cfg.dpi),
+             "Ground fraction of each sweep (ground / finite points), per scene."),
+            ("clusters", plot_per_scene(sweeps, "clusters", "clusters", cfg.dpi),
+             "DBSCAN clusters of each sweep, per scene."),
+            ("regions_kept", plot_per_scene(sweeps, "regions_kept", "regions kept", cfg.dpi),
+             "Regions kept after semantic pooling, per sweep, per scene.")):
+        add(f'<figure class="plot" data-plot="{key}">{_img(b64, key)}<figcaption>{_e(cap)}</figcaption></figure>')
+
+    add(f'<h2 id="bev-title">Bird\'s-eye view of regions ({len(chosen)} sweep(s))</h2>')
+    add('<p class="muted">Ground grey, points of no region dark, each region its own colour; '
+        f'+-{cfg.bev_range_m:g} m around the sensor (red triangle).</p>')
+    for scene, idx, token in wrap(chosen, "bird's-eye pictures"):
+        sw = v.scene(scene).sweep(idx, arrays=("xyz", "flags", "region"))
+        xyz, region = sw.xyz, np.asarray(sw.region)
+        n_regions = int(np.unique(region[region >= 0]).size)
+        b64 = plot_bev(xyz, sw.ground, sw.finite, region, f"{scene} #{idx}: {len(sw):,} points, "
+                       f"{n_regions} regions", cfg)
+        add(f'<figure class="bev" data-scene="{_e(scene)}" data-index="{idx}" data-token="{_e(token)}" '
+            f'data-points="{len(sw)}" data-regions="{n_regions}">{_img(b64, f"bev {scene} {idx}")}'
+            f'<figcaption>{_e(scene)} sweep {idx} <code>{_e(token)}</code>: {len(sw):,} points, '
+            f'{n_regions} regions, ground fraction {sw.ground[sw.finite].mean() if sw.finite.any() else 0:.3f}'
+            f'</figcaption></figure>')
+
+    add('<h2 id="config-title">Configuration</h2>')
+    add(f'<pre id="config">{_e(json.dumps(v.config, indent=1, sort_keys=True))}</pre>')
+    add('<h2 id="lineage-title">Lineage</h2>')
+    add(_kv_table("lineage", [("command", " ".join(map(str, lin.get("command", []) or []))),
+                              ("host", lin.get("host", "")), ("user", lin.get("user", "")),
+                              ("git_commit", lin.get("git_commit", "")),
+                              *[(k, val) for k, val in (lin.get("packages", {}) or {}).items()]]))
+    add(f'<details><summary>version.json</summary><pre id="version-json">'
+        f'{_e(json.dumps(info, indent=1, sort_keys=True, default=str))}</pre></details>')
+    add("</body></html>")
+    return "\n".join(parts), chosen
+
+
+def write_report(store: str | Path, version: str | None = None, out_dir: str | Path | None = None,
+                 cfg: ReportConfig = ReportConfig(), progress: bool = False) -> ReportResult:
+    """Write ``<out_dir>/<id>.html`` (default ``out_dir``: ``STORE/reports``) for version ``version`` (an id or
+    unique prefix; the latest when None). The file is written aside and renamed. ``progress``: tqdm bars on
+    stderr for the slow loops."""
+    t0 = time.perf_counter()
+    v = open_version(store, version)
+    out = Path(out_dir) if out_dir is not None else Path(store) / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    wrap = None
+    if progress:
+        from tqdm import tqdm
+
+        wrap = (lambda it, desc: tqdm(it, desc=desc, unit="", leave=False))
+    page, chosen = build_html(v, cfg, progress=wrap)
+    path = out / f"{v.id}.html"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return ReportResult(path=path, version=v.id, sweeps_drawn=tuple(chosen), seconds=time.perf_counter() - t0)
