@@ -10,18 +10,12 @@ Never used by the tests: timings are machine- and load-dependent.
 """
 from __future__ import annotations
 
-# single thread everywhere, before numpy/numba/open3d load their thread pools
-import os
+import _common  # noqa: I001  (first: thread limits before numpy/numba load)
 
-for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"
+_common.limit_threads(1, pin=False)
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -33,26 +27,9 @@ SCANS = (
 )
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
-
-
 def timed(fn, repeats: int) -> tuple[float, float, object]:
-    """Median and minimum milliseconds of ``repeats`` calls, and the last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3, float(np.min(times)) * 1e3, out
+    """Median and minimum milliseconds of ``repeats`` calls, and the last result (warm-ups are explicit here)."""
+    return _common.timed(fn, repeats, warmup=False)
 
 
 def main(argv=None) -> int:
@@ -86,7 +63,7 @@ def main(argv=None) -> int:
     from sklearn.cluster import DBSCAN
 
     gcfg, ccfg, pcfg = GroundConfig(), ClusterConfig(), PoolingConfig()
-    print(f"machine: {machine()}")
+    print(f"machine: {_common.machine()}")
     print(f"command: python {' '.join(sys.argv)}  (threads: 1; ours x{args.repeats}, reference x{args.ref_repeats})")
     summary = []
     for title, rel in SCANS:

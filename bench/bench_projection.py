@@ -12,14 +12,11 @@ Threads are pinned to one (BLAS, Numba, and the process's CPU affinity where the
 """
 from __future__ import annotations
 
-import os
+import _common  # noqa: I001  (first: thread limits before numpy/numba load)
 
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ[_v] = "1"
+_common.limit_threads(1)
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -50,33 +47,16 @@ def numpy_batched(points, cameras, cfg=ProjectConfig()):
     return pt.astype(np.int32), cam.astype(np.uint8), np.stack([u.T[pt, cam], v.T[pt, cam]], 1), d.T[pt, cam]
 
 
-def median_ms(fn, repeat: int) -> float:
-    fn()  # warm-up (and compile/load of the Numba kernel)
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts) * 1e3)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=200)
     args = ap.parse_args()
-    try:
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    except (AttributeError, OSError):
-        pass
     fx = fixtures_dir()
     cases = [
         ("n015 nuScenes, 6 cams", fx / f"{N015}.pcd.bin", fx / f"{N015}.calib.json"),
         ("KITTI 000000, 1 cam", fx / "kitti/000000.bin", fx / "kitti/000000.calib.txt"),
     ]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    print(f"machine: {cpu} ({platform.machine()}, {os.cpu_count()} cores), python "
-          f"{platform.python_version()}, numpy {np.__version__}; single thread; median of {args.repeat}")
+    print(f"machine: {_common.machine()}; single thread; median of {args.repeat}")
     print()
     print("| sweep | points | pairs | ours (numba) ms | numpy batched ms | devkit view_points loop ms "
           "| devkit / ours |")
@@ -90,9 +70,9 @@ def main() -> None:
         ours = project_points(pts, cams)
         ref = project_points_reference(pts, cams)
         assert np.array_equal(ours.point, ref.point) and np.array_equal(ours.cam, ref.cam)
-        t_ours = median_ms(lambda: project_points(pts, cams), args.repeat)
-        t_np = median_ms(lambda: numpy_batched(pts, cams), max(args.repeat // 4, 5))
-        t_ref = median_ms(lambda: project_points_reference(pts, cams), max(args.repeat // 4, 5))
+        t_ours = _common.median_ms(lambda: project_points(pts, cams), args.repeat)
+        t_np = _common.median_ms(lambda: numpy_batched(pts, cams), max(args.repeat // 4, 5))
+        t_ref = _common.median_ms(lambda: project_points_reference(pts, cams), max(args.repeat // 4, 5))
         print(f"| {name} | {len(pts):,} | {len(ours):,} | {t_ours:.3f} | {t_np:.3f} | {t_ref:.3f} "
               f"| {t_ref / t_ours:.1f}x |")
 

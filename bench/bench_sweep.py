@@ -10,25 +10,21 @@ cluster stage) and the devkit ``view_points`` loop (vs our project stage).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+import _common  # noqa: I001  (first: thread limits before numpy/numba load)
 
-def _threads_from_argv() -> str:
+
+def _threads_from_argv() -> int:
     for i, a in enumerate(sys.argv):
         if a == "--threads" and i + 1 < len(sys.argv):
-            return sys.argv[i + 1]
+            return int(sys.argv[i + 1])
         if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return "1"
+            return int(a.split("=", 1)[1])
+    return 1
 
 
-_T = _threads_from_argv()
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ[_v] = _T
-
-import platform  # noqa: E402
-import time  # noqa: E402
+_common.limit_threads(_threads_from_argv())
 
 import numpy as np  # noqa: E402
 
@@ -40,15 +36,6 @@ from shared.pointcloud import load_points  # noqa: E402
 
 N015 = "nuscenes/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951"
 N008 = "nuscenes/n008-2018-08-01-15-16-36-0400__LIDAR_TOP__1533151603597909"
-
-
-def _median_ms(fn, repeat):
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts) * 1e3)
 
 
 def main() -> None:
@@ -65,10 +52,7 @@ def main() -> None:
         ("KITTI demo 000008 + CAM2", fx / "kitti/mmdet3d_demo_000008_reduced.bin",
          fx / "kitti/mmdet3d_demo_000008.calib.json"),
     ]
-    cpu = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
-    print(f"machine: {cpu} ({os.cpu_count()} cores), python {platform.python_version()}; threads {args.threads}; "
+    print(f"machine: {_common.machine()}; threads {args.threads}; "
           f"backend {args.backend}; median of {args.repeat} runs (ms)")
     print()
     cfg = SweepConfig()
@@ -87,9 +71,9 @@ def main() -> None:
         from sklearn.cluster import DBSCAN
 
         ng = pts[res.valid & ~res.ground][:, :2].astype(np.float64)
-        t_sk = _median_ms(lambda: DBSCAN(eps=cfg.cluster.eps, min_samples=cfg.cluster.min_samples).fit(ng),
+        t_sk = _common.median_ms(lambda: DBSCAN(eps=cfg.cluster.eps, min_samples=cfg.cluster.min_samples).fit(ng),
                           max(3, args.repeat // 4))
-        t_dev = (_median_ms(lambda: project_points_reference(pts, cams, cfg.project), max(3, args.repeat // 4))
+        t_dev = (_common.median_ms(lambda: project_points_reference(pts, cams, cfg.project), max(3, args.repeat // 4))
                  if cams else float("nan"))
         cells = [name, f"{len(pts):,}", *(f"{med[k]:.2f}" for k in (*STAGES, "total")), f"{t_sk:.1f}",
                  "-" if cams is None else f"{t_dev:.2f}", str(res.stats.regions_kept)]

@@ -57,7 +57,9 @@ class SynthConfig:
     point within 0.5 m of the sensor, a ray hitting the ego vehicle a self-return within ~2 m); otherwise
     those are left out.
     Annotations: objects whose centre lies within ``annotation_range`` m (xy) of the ego vehicle.
-    ``density`` scales the number of traffic participants.
+    ``density`` scales the number of traffic participants. With ``all_classes`` every scene gets, where its
+    random traffic lacks one, a standing object of each of the ten detection classes that the LiDAR sees
+    within devkit's class range at some keyframe (see :func:`shared.synth.generate.ensure_all_classes`).
     """
 
     name: str = "tiny"
@@ -75,6 +77,7 @@ class SynthConfig:
     keep_all_rays: bool = True
     annotation_range: float = 60.0
     density: float = 1.0
+    all_classes: bool = True
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():

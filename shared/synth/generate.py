@@ -18,9 +18,10 @@ from shared.pointcloud import save_points
 from shared.records import CAMERAS
 from shared.synth.camera import ground_polygons, render_image, scaled_intrinsic
 from shared.synth.config import CAMERA_RIG, LIDAR2EGO, SynthConfig, resolve_config
-from shared.synth.lidar import AZIMUTH_START, cast_sweep, to_points
+from shared.synth.lidar import AZIMUTH_START, HIT_PRIM, cast_sweep, to_points
 from shared.synth.tables import LOCATIONS, constant_tables, scene_names, token, visibility_token, write_tables
-from shared.synth.world import World, drivable_raster, make_world
+from shared.synth.world import (CLASS_RANGE, DETECTION_CATEGORY, DETECTION_NAME, World, add_anchors,
+                                drivable_raster, make_world)
 
 #: First timestamp (microseconds) of scene 0; later scenes start an hour apart.
 BASE_TIMESTAMP = 1_532_402_927_000_000
@@ -105,12 +106,55 @@ def _points_in_box(points: np.ndarray, centre: np.ndarray, size_wlh, yaw: float)
     return int(np.count_nonzero((np.abs(lx) <= l / 2) & (np.abs(ly) <= w / 2) & (np.abs(d[:, 2]) <= h / 2)))
 
 
+#: LiDAR returns (noise-free rays in the check cast) an object needs for its class to count as seen.
+MIN_SEEN_RAYS = 5
+#: Rounds of anchor placement per scene (a round adds an anchor for each class still unseen).
+ANCHOR_ROUNDS = 4
+
+
+def seen_classes(world: World, key_times, cfg: SynthConfig) -> set[str]:
+    """Detection classes the keyframe sweeps see: some object of the class takes at least
+    :data:`MIN_SEEN_RAYS` first returns of a keyframe sweep (cast as in :func:`_write_scene`, before noise and
+    dropouts) while its centre lies within devkit's class range of the ego vehicle."""
+    period = 1.0 / cfg.lidar_hz
+    n = len(world.agents)
+    seen: set[str] = set()
+    for t in key_times:
+        poses, _ = _lidar_poses(world, t, period, cfg.n_azimuth)
+        prims, _ = world.primitives(t - period / 2)
+        rays = cast_sweep(world.road, prims, n, poses, cfg.max_range)
+        agent = prims[rays.prim[rays.kind == HIT_PRIM], 9].astype(np.int64)
+        hits = np.bincount(agent[agent >= 0], minlength=n)
+        ego_xy = world.ego_pose(t)[:2, 3]
+        for i in np.nonzero(hits >= MIN_SEEN_RAYS)[0]:
+            name = DETECTION_NAME[world.agents[i].category]
+            if name not in seen and np.hypot(*(world.agent_pose(int(i), t)[0][:2] - ego_xy)) <= CLASS_RANGE[name] - 1:
+                seen.add(name)
+        if len(seen) == len(CLASS_RANGE):
+            break
+    return seen
+
+
+def ensure_all_classes(world: World, rng: np.random.Generator, key_times, cfg: SynthConfig) -> tuple[World, set[str]]:
+    """The world with anchors (:func:`shared.synth.world.add_anchors`) added until the keyframe sweeps see every
+    detection class within its class range (:func:`seen_classes`), and the classes still unseen after
+    :data:`ANCHOR_ROUNDS` rounds (normally none)."""
+    for r in range(ANCHOR_ROUNDS + 1):
+        missing = [c for c in CLASS_RANGE if c not in seen_classes(world, key_times, cfg)]
+        if not missing or r == ANCHOR_ROUNDS:
+            break
+        world = add_anchors(world, rng, [DETECTION_CATEGORY[c] for c in missing], key_times)
+    return world, set(missing)
+
+
 def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T: _Tables, bar) -> None:
     rng = np.random.default_rng([seed, idx])
     spk = cfg.sweeps_per_keyframe
     period = 1.0 / cfg.lidar_hz
     duration = (cfg.keyframes - 1) * spk * period
     world = make_world(rng, duration, cfg.density)
+    if cfg.all_classes:
+        world, _ = ensure_all_classes(world, rng, [kf * spk * period for kf in range(cfg.keyframes)], cfg)
     loc = LOCATIONS[idx % len(LOCATIONS)]
     vehicle = "n015" if loc.startswith("singapore") else "n008"
     base = BASE_TIMESTAMP + idx * 3_600_000_000 + int(rng.integers(0, 1_000_000))

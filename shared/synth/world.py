@@ -14,6 +14,7 @@ needs is packed into plain float64 arrays:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -588,6 +589,153 @@ def make_world(rng: np.random.Generator, duration: float, density: float = 1.0) 
     return World(road=P, static_prims=st, static_colours=np.array(cols, dtype=np.uint8).reshape(-1, 3),
                  agents=tuple(agents), ego=ego, duration=duration, kind=kind, extent=extent,
                  s_range=(s_lo - 30.0, s_hi + 30.0), parking=bool(parking), bike_lane=bool(bike_lane))
+
+
+# ---------------------------------------------------------------------------------------------- class anchors
+#: The nuScenes detection class of each annotated category (as devkit's ``category_to_detection_name``).
+DETECTION_NAME: dict[str, str] = {
+    "vehicle.car": "car", "vehicle.truck": "truck", "vehicle.bus.rigid": "bus", "vehicle.trailer": "trailer",
+    "vehicle.construction": "construction_vehicle", "vehicle.motorcycle": "motorcycle",
+    "vehicle.bicycle": "bicycle", "human.pedestrian.adult": "pedestrian",
+    "movable_object.trafficcone": "traffic_cone", "movable_object.barrier": "barrier",
+}
+#: Category of each detection class.
+DETECTION_CATEGORY: dict[str, str] = {v: k for k, v in DETECTION_NAME.items()}
+#: devkit's ``detection_cvpr_2019`` ``class_range`` (m): ground truth farther from the ego vehicle is not evaluated
+#: (a test compares this with the installed devkit's config).
+CLASS_RANGE: dict[str, float] = {
+    "car": 50.0, "truck": 50.0, "bus": 50.0, "trailer": 50.0, "construction_vehicle": 50.0,
+    "pedestrian": 40.0, "motorcycle": 40.0, "bicycle": 40.0, "traffic_cone": 30.0, "barrier": 30.0,
+}
+_VEHICLES = ("vehicle.car", "vehicle.truck", "vehicle.bus.rigid", "vehicle.trailer", "vehicle.construction")
+#: Clearance (m) kept between an anchor's footprint and any other object's.
+ANCHOR_CLEARANCE = 0.3
+#: Ego vehicle footprint half extents (m) along and across the road (Renault Zoe, see lidar.EGO_BOXES).
+_EGO_HALF = (2.3, 0.95)
+
+
+def _half_sd(w: float, l: float, yaw_offset: float) -> tuple[float, float]:
+    """Half extents along and across the road of a (w, l) footprint turned by ``yaw_offset`` from the road."""
+    c, s = abs(math.cos(yaw_offset)), abs(math.sin(yaw_offset))
+    return c * l / 2 + s * w / 2, s * l / 2 + c * w / 2
+
+
+def _along_scale(P: np.ndarray, d: float) -> float:
+    """Centre-line arc length per metre along a parallel at lateral offset d (1 on a straight road)."""
+    return 1.0 / max(0.5, 1.0 - P[R_K] * d)
+
+
+def static_footprints(world: World) -> np.ndarray:
+    """Road-coordinate footprints (K, 4) float64 of the static primitives: s, d and half extents along s (in
+    centre-line arc length) and d; boxes by their rotated extents, cylinders and spheres by their radius."""
+    P = world.road
+    out = np.empty((len(world.static_prims), 4))
+    for i, pr in enumerate(world.static_prims):
+        s, d = road_sd(P, pr[1], pr[2])
+        if pr[0] == 0:
+            hs, hd = _half_sd(2 * pr[5], 2 * pr[4], pr[7] - road_heading(P, s))
+        else:
+            hs = hd = pr[4]
+        out[i] = (s, d, hs * _along_scale(P, d), hd)
+    return out
+
+
+def agent_tracks(world: World, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Road-coordinate footprints of the agents and, as the last row, the ego vehicle at ``times`` (T,):
+    s (n + 1, T), d (n + 1,), half extents along s (n + 1,) and across (n + 1,), all float64."""
+    n = len(world.agents)
+    ego_s = np.array([world.ego.s(float(t)) for t in times])
+    S = np.empty((n + 1, len(times)))
+    D, HS, HD = np.empty(n + 1), np.empty(n + 1), np.empty(n + 1)
+    for i, a in enumerate(world.agents):
+        S[i] = ego_s + a.s0 if a.follows_ego else a.s0 + a.v * times
+        D[i] = a.d
+        HS[i], HD[i] = _half_sd(a.size[0], a.size[1], a.yaw_offset)
+        HS[i] *= _along_scale(world.road, a.d)
+    S[n], D[n], HS[n], HD[n] = ego_s, world.ego.d, _EGO_HALF[0], _EGO_HALF[1]
+    return S, D, HS, HD
+
+
+def _anchor_slots(world: World, rng: np.random.Generator, category: str, size, side: int):
+    """Plausible resting places across the road for an anchor of ``category`` on ``side`` (-1 right, 1 left):
+    a list of (d, yaw_offset, parked)."""
+    P = world.road
+    hw, sw = float(P[R_HW]), float(P[R_SW])
+    w, l, _ = size
+    if category in _VEHICLES:  # parked in the parking lane or on the verge beyond the sidewalk (bus: at a stop)
+        parked = category != "vehicle.bus.rigid"
+        slots = [(side * (hw + sw + 0.6 + w / 2), 0.0, parked)]
+        if world.parking:
+            slots.insert(0, (side * (hw - 0.25 - w / 2), 0.0, parked))
+        return slots
+    if category in ("vehicle.motorcycle", "vehicle.bicycle"):  # parked across the sidewalk, or in the parking lane
+        slots = [(side * (hw + max(sw - 0.3 - l / 2, 0.3 + l / 2)), math.pi / 2, True)]
+        if world.parking and category == "vehicle.motorcycle":
+            slots.insert(0, (side * (hw - 0.4 - w / 2), 0.0, True))
+        return slots
+    if category == "human.pedestrian.adult":  # standing on the sidewalk
+        d = side * (hw + float(rng.uniform(0.6, max(0.7, sw - 0.5))))
+        return [(d, float(rng.uniform(-math.pi, math.pi)), False)]
+    if category == "movable_object.trafficcone":  # closing a parking bay, or at the kerb
+        slots = [(side * (hw + 0.35), 0.0, False)]
+        if world.parking:
+            slots.insert(0, (side * (hw - 1.25), 0.0, False))
+        return slots
+    if category == "movable_object.barrier":  # across a parking bay, or along the kerb
+        slots = [(side * (hw + 0.45), math.pi / 2, False)]
+        if world.parking:
+            slots.insert(0, (side * (hw - 1.3), 0.0, False))
+        return slots
+    raise ValueError(category)
+
+
+def add_anchors(world: World, rng: np.random.Generator, categories, key_times, tries: int = 60) -> World:
+    """The world with one standing object ("anchor") of each of ``categories`` added near the ego vehicle's
+    path, within devkit's class range of its position at one of the keyframe times ``key_times`` (s).
+
+    Anchors rest where such objects do: vehicles in the parking lane or on the verge (a bus at a stop), bicycles
+    and motorcycles parked on the sidewalk, a pedestrian standing on it, a cone and a barrier closing a parking
+    bay or at the kerb. A place is taken only if the anchor's footprint keeps :data:`ANCHOR_CLEARANCE` from every
+    static primitive, from the ego vehicle and from every agent over the whole scene (checked every 50 ms);
+    up to ``tries`` random places are tried per anchor, and an anchor with no free place is left out.
+    Deterministic given the generator state.
+    """
+    P = world.road
+    times = np.arange(-0.5, world.duration + 0.05, 0.05)
+    st = static_footprints(world)
+    S, D, HS, HD = agent_tracks(world, times)
+    agents = list(world.agents)
+    key_times = np.asarray(key_times, dtype=np.float64)
+    gap = ANCHOR_CLEARANCE
+    for category in categories:
+        rng_range = CLASS_RANGE[DETECTION_NAME[category]] - 4.0
+        probe = _make_agent(rng, category, 0.0, 0.0)
+        small = category not in _VEHICLES
+        for _ in range(tries):
+            side = -1 if rng.random() < (0.75 if small else 0.5) else 1
+            slots = _anchor_slots(world, rng, category, probe.size, side)
+            d, yaw_offset, parked = slots[int(rng.integers(0, len(slots)))]
+            t_key = float(key_times[int(rng.integers(0, len(key_times)))])
+            dd = abs(d - world.ego.d)
+            if dd > rng_range - 3.0:
+                continue
+            ds_max = min(math.sqrt(rng_range ** 2 - dd ** 2), 30.0)
+            ds = float(rng.uniform(3.0, ds_max)) * (1.0 if rng.random() < 0.7 else -1.0)
+            s = world.ego.s(t_key) + ds
+            hs, hd = _half_sd(probe.size[0], probe.size[1], yaw_offset)
+            hs *= _along_scale(P, d)
+            if np.any((np.abs(st[:, 0] - s) < st[:, 2] + hs + gap) & (np.abs(st[:, 1] - d) < st[:, 3] + hd + gap)):
+                continue
+            lat = np.abs(D - d) < HD + hd + gap
+            if np.any(np.abs(S[lat] - s) < (HS[lat] + hs + gap)[:, None]):
+                continue
+            a = _make_agent(rng, category, s, d, reverse=side > 0, parked=parked, yaw_offset=yaw_offset,
+                            size=probe.size)
+            agents.append(a)
+            S = np.vstack([S[:-1], np.full((1, len(times)), s), S[-1:]])
+            D, HS, HD = (np.concatenate([x[:-1], [v], x[-1:]]) for x, v in ((D, d), (HS, hs), (HD, hd)))
+            break
+    return dataclasses.replace(world, agents=tuple(agents))
 
 
 @njit(cache=True)

@@ -1,0 +1,58 @@
+"""Plumbing shared by the benchmark scripts: thread pinning, the machine line, median timings.
+
+Import this module first in a benchmark (``import _common`` from a script run as ``python bench/X.py``): the
+thread limits must be set before numpy or numba load their thread pools.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+_THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def limit_threads(n: int = 1, pin: bool = True) -> None:
+    """BLAS/OpenMP/Numba thread pools of ``n`` threads; with ``pin`` and n == 1, the process on one CPU."""
+    if "numpy" in sys.modules and "numba" in sys.modules and os.environ.get("NUMBA_NUM_THREADS") != str(n):
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    for var in _THREAD_VARS:
+        os.environ[var] = str(n)
+    if pin and n == 1:
+        try:
+            os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        except (AttributeError, OSError):
+            pass
+
+
+def machine() -> str:
+    """CPU model, logical CPUs, Python and numpy versions: the line every benchmark prints first."""
+    model = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    return (f"{model} ({platform.machine()}, {os.cpu_count()} logical CPUs), Python {platform.python_version()}, "
+            f"numpy {np.__version__}")
+
+
+def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, float, object]:
+    """Median and minimum milliseconds of ``repeats`` calls of ``fn`` (after one warm-up call that also loads or
+    compiles Numba kernels), and the last result."""
+    out = fn() if warmup else None
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3, float(np.min(times)) * 1e3, out
+
+
+def median_ms(fn, repeats: int, warmup: bool = True) -> float:
+    """Median milliseconds of ``repeats`` calls (see :func:`timed`)."""
+    return timed(fn, repeats, warmup)[0]

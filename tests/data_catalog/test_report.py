@@ -1,0 +1,243 @@
+"""``calico catalog report``: the HTML page of a store version, parsed (numbers against the store's own tables)
+and rendered in headless Chromium (marker ``browser``)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_catalog.reader import open_version
+from data_catalog.report import ReportConfig, pick_sweeps, region_colours, write_report
+from shared.errors import ConfigError, InputError
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+class _Page(HTMLParser):
+    """Collects the elements the report promises: ids, imgs, table cells with data-*, figures, the title."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+        self.imgs: list[dict] = []
+        self.figures: list[dict] = []
+        self.cells: dict[tuple[str, str], str] = {}  # (scene, col) -> data-value
+        self.counts: dict[str, str] = {}
+        self.title = ""
+        self._in_title = False
+        self._scene = None
+        self._key = None
+        self._table = None
+        self.texts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "title":
+            self._in_title = True
+        elif tag == "img":
+            self.imgs.append(a)
+        elif tag == "figure":
+            self.figures.append(a)
+        elif tag == "table":
+            self._table = a.get("id")
+        elif tag == "tr" and "data-scene" in a:
+            self._scene = a["data-scene"]
+        elif tag == "td" and "data-col" in a:
+            self.cells[(self._scene, a["data-col"])] = a["data-value"]
+        elif tag == "td" and "data-key" in a and self._table == "counts":
+            self._key = a["data-key"]
+
+    def handle_endtag(self, tag):
+        if tag == "title":
+            self._in_title = False
+        elif tag == "td":
+            self._key = None
+
+    def handle_data(self, data):
+        self.texts.append(data)
+        if self._in_title:
+            self.title += data
+        if self._key:
+            self.counts[self._key] = self.counts.get(self._key, "") + data
+
+
+def _parse(path: Path) -> tuple[str, _Page]:
+    text = path.read_text(encoding="utf-8")
+    p = _Page()
+    p.feed(text)
+    return text, p
+
+
+def _decode_png(src: str):
+    from PIL import Image
+
+    assert src.startswith("data:image/png;base64,"), src[:40]
+    img = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True)))
+    img.load()
+    return img
+
+
+@pytest.fixture(scope="module")
+def report(catalog_store, tmp_path_factory):
+    store, vid = catalog_store
+    out = tmp_path_factory.mktemp("report")
+    res = write_report(store, None, out, ReportConfig(n_sweeps=3))
+    return store, vid, res
+
+
+def test_report_matches_the_store_tables(report):
+    store, vid, res = report
+    v = open_version(store, vid)
+    assert res.path.name == f"{vid}.html" and res.version == vid
+    text, page = _parse(res.path)
+    assert vid in page.title
+    for needed in ("title", "spec", "counts", "scenes", "config", "lineage", "plots-title", "bev-title"):
+        assert needed in page.ids, needed
+    # counts: the store's own numbers
+    sw = v.sweeps_table()
+    assert page.counts["sweeps"].replace(",", "") == str(sw.num_rows)
+    assert page.counts["points"].replace(",", "") == str(int(np.sum(sw.column("points").to_numpy())))
+    assert page.counts["errors"].replace(",", "") == str(v.errors_table().num_rows)
+    assert page.counts["scenes_committed"] == str(len(v.scenes()))
+    # per-scene table: every scene, every column, exact values
+    rows = v.scenes_table().to_pylist()
+    assert {s for s, _ in page.cells} == {r["scene"] for r in rows}
+    for r in rows:
+        for col in ("sweeps", "errors", "points", "regions_total", "store_bytes"):
+            if (r["scene"], col) in page.cells:
+                assert int(page.cells[(r["scene"], col)]) == r[col]
+        for col in ("ground_fraction", "clusters_mean", "bytes_per_point"):
+            assert math.isclose(float(page.cells[(r["scene"], col)]), r[col], rel_tol=1e-12)
+    # every image is an embedded PNG that decodes, nothing external
+    assert page.imgs and all(i["src"].startswith("data:image/png;base64,") for i in page.imgs)
+    for i in page.imgs:
+        im = _decode_png(i["src"])
+        assert im.width > 100 and im.height > 100
+        assert np.asarray(im.convert("L")).std() > 5  # not a blank picture
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    plots = {f["data-plot"] for f in page.figures if f.get("class") == "plot"}
+    assert {"region_sizes", "ground_fraction", "clusters"} <= plots
+    # bird's-eye pictures: the chosen sweeps, with the reader's counts
+    bev = [f for f in page.figures if f.get("class") == "bev"]
+    assert len(bev) == len(res.sweeps_drawn) == min(3, sw.num_rows)
+    for f, (scene, idx, token) in zip(bev, res.sweeps_drawn):
+        s = v.scene(scene).sweep(idx, arrays=("region",))
+        assert (f["data-scene"], int(f["data-index"]), f["data-token"]) == (scene, idx, token)
+        assert s.token == token
+        assert int(f["data-points"]) == len(s)
+        assert int(f["data-regions"]) == np.unique(s.region[s.region >= 0]).size
+
+
+def test_chosen_sweeps_and_bad_tokens(catalog_store, tmp_path):
+    store, vid = catalog_store
+    tokens = open_version(store, vid).sweeps_table().column("token").to_pylist()
+    res = write_report(store, vid[:6], tmp_path, ReportConfig(sweeps=(tokens[-1],)))
+    assert [t for _, _, t in res.sweeps_drawn] == [tokens[-1]]
+    _, page = _parse(res.path)
+    assert [f["data-token"] for f in page.figures if f.get("class") == "bev"] == [tokens[-1]]
+    with pytest.raises(InputError, match="not-a-token"):
+        write_report(store, vid, tmp_path, ReportConfig(sweeps=("not-a-token",)))
+    with pytest.raises(ConfigError, match="n_sweeps"):
+        ReportConfig(n_sweeps=-1)
+
+
+def test_strings_from_the_store_are_escaped(catalog_store, tmp_path):
+    store, vid = catalog_store
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    vj = copy / "versions" / vid / "version.json"
+    doc = json.loads(vj.read_text())
+    evil = '<script>alert("x")</script><img src="http://example.com/a.png">&'
+    doc["lineage"]["host"] = evil
+    vj.write_text(json.dumps(doc))
+    res = write_report(copy, vid, tmp_path / "out", ReportConfig(n_sweeps=0))
+    text, page = _parse(res.path)
+    assert "<script" not in text and 'src="http' not in text
+    assert "&lt;script&gt;" in text
+    assert evil in "".join(page.texts)  # shown as text, intact
+    assert all(i["src"].startswith("data:") for i in page.imgs)
+
+
+def test_pick_sweeps_spreads_over_scenes():
+    rows = [{"scene": f"s{k}", "index": i, "token": f"s{k}-{i}"} for k in range(5) for i in range(4)]
+    got = pick_sweeps(rows, 5)
+    assert len(got) == 5 and len({s for s, _, _ in got}) == 5
+    got = pick_sweeps(rows, 12)
+    assert len(got) == 12 and len({t for _, _, t in got}) == 12
+    assert pick_sweeps(rows, 0) == [] and pick_sweeps([], 3) == []
+    assert len(pick_sweeps(rows, 100)) == 20  # never more than there are
+
+
+def test_region_colours_differ_between_neighbouring_ids():
+    c = region_colours(np.arange(40))
+    assert c.shape == (40, 4) and np.all((c >= 0) & (c <= 1))
+    assert np.all(np.abs(np.diff(c[:, :3], axis=0)).sum(axis=1) > 0.1)
+
+
+def test_cli_report(catalog_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from calico.cli import app
+
+    store, vid = catalog_store
+    r = CliRunner().invoke(app, ["catalog", "report", "--store", str(store), "--out", str(tmp_path),
+                                 "--n-sweeps", "1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / f"{vid}.html").is_file() and vid in r.output
+    r = CliRunner().invoke(app, ["catalog", "report", "--store", str(store), "nope", "--no-progress"])
+    assert r.exit_code != 0 and isinstance(r.exception, InputError) and "nope" in str(r.exception)
+
+
+def _chromium(*args: str, tmp: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp / 'chromium-profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def _blue_pixels(png: Path) -> int:
+    """Pixels of the histogram's bar colour (#3b75af) in a screenshot."""
+    from PIL import Image
+
+    a = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int((np.abs(a - np.array([0x3B, 0x75, 0xAF])).sum(axis=2) < 30).sum())
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from PIL import Image
+
+    _, vid, res = report
+    url = res.path.resolve().as_uri()
+    dom = _chromium("--dump-dom", url, tmp=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = _Page()
+    page.feed(dom.stdout)  # the DOM as Chromium built it: the page loaded and parsed
+    assert vid in page.title and {"scenes", "counts", "bev-title"} <= page.ids
+    assert len(page.imgs) == len(_parse(res.path)[1].imgs)
+
+    shot = tmp_path / "shot.png"
+    r = _chromium(f"--screenshot={shot}", "--window-size=1280,2000", url, tmp=tmp_path)
+    assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.shape == (2000, 1280) and img.std() > 20  # not blank
+    blue = _blue_pixels(shot)
+    # control: the same page with its images broken has none of the plots' colour, so the pixels above come
+    # from images the browser decoded
+    broken = tmp_path / "broken.html"
+    broken.write_text(res.path.read_text().replace("data:image/png;base64,", "data:image/png;base64,AAAA"))
+    shot2 = tmp_path / "broken.png"
+    r = _chromium(f"--screenshot={shot2}", "--window-size=1280,2000", broken.as_uri(), tmp=tmp_path)
+    assert r.returncode == 0 and shot2.is_file(), r.stderr[-2000:]
+    assert blue > 2000 and _blue_pixels(shot2) < blue / 20
