@@ -26,9 +26,9 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from data_catalog import store as st
 from shared.errors import ConfigError, InputError
@@ -168,7 +168,7 @@ def plan_gc(store: str | Path, keep: Sequence[str] = (), keep_latest: int = 1,
 def _lock(store: Path):
     import fcntl
 
-    fh = open(store / LOCK, "a+")
+    fh = open(store / LOCK, "a+")  # noqa: SIM115 (held until collect() ends)
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

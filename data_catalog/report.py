@@ -21,9 +21,10 @@ import html
 import io
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,8 +108,8 @@ def pick_sweeps(sweeps_rows: Sequence[dict], n: int) -> list[tuple[str, int, str
 def region_sizes(v: StoreVersion, progress: Callable[[Iterable], Iterable] = iter) -> np.ndarray:
     """(R,) int64 points per region over every sweep of the committed shards (the ``region_points`` arrays;
     only those are read)."""
-    from data_catalog.reader import Shard
     from data_catalog import store as st
+    from data_catalog.reader import Shard
 
     parts = [np.asarray(Shard(st.shard_dir(v.path, s)).array("region_points"), np.int64)
              for s in progress(v.scenes())]
@@ -406,7 +407,7 @@ def write_report(store: str | Path, version: str | None = None, out_dir: str | P
     if progress:
         from tqdm import tqdm
 
-        wrap = (lambda it, desc: tqdm(it, desc=desc, unit="", leave=False))
+        wrap = (lambda it, desc: tqdm(it, desc=desc, unit="", leave=False, delay=0.5))
     page, chosen = build_html(v, cfg, progress=wrap)
     path = out / f"{v.id}.html"
     tmp = path.with_name(f".{path.name}.tmp")

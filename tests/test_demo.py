@@ -21,12 +21,13 @@ def test_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path):
     out = first.stdout
     for step in ("[1/5] generating", "[2/5] nuscenes-devkit loaded", "[3/5]", "[4/5] store verified", "[5/5]"):
         assert step in out
-    assert (work / "bev_first_sweep.png").stat().st_size > 10_000
     versions = list((work / "store" / "versions").iterdir())
     assert len(versions) == 1
     doc = json.loads((versions[0] / "version.json").read_text())
     shards = sorted(p.name for p in (versions[0] / "shards").iterdir() if not p.name.startswith("."))
     assert shards == sorted(doc["scenes"])
+    page = work / "reports" / f"{versions[0].name}.html"
+    assert page.stat().st_size > 10_000 and "<img" in page.read_text()
     mtimes = {p: p.stat().st_mtime_ns for p in versions[0].rglob("manifest.json")}
 
     second = _demo(work, "--no-evaluate")

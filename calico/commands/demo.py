@@ -4,8 +4,9 @@
 2. read it through nuscenes-devkit (scenes, keyframes, the LiDAR -> camera chains);
 3. ``calico preprocess run``: the Dask stage preprocesses every keyframe sweep (ground removal, DBSCAN, semantic
    pooling, projection into the six cameras, two-view augmentation parameters) into a versioned store;
-4. ``calico preprocess verify`` and ``calico catalog stats``: check the store and audit it per scene, reading it
-   back through ``data_catalog``; a bird's-eye picture of one sweep's regions;
+4. ``calico preprocess verify``, ``calico catalog stats`` and ``calico catalog report``: check the store, audit it
+   per scene and write its HTML report (plots and bird's-eye pictures of regions, read back through
+   ``data_catalog``);
 5. score the ground truth of the validation split with nuscenes-devkit's DetectionEval (a check that the
    generated data and the evaluation path agree).
 
@@ -29,11 +30,10 @@ def demo(
     evaluate: bool = typer.Option(True, help="Run nuscenes-devkit's DetectionEval on the ground truth."),
 ) -> None:
     """Generate a small synthetic nuScenes dataset and run the pipeline on it end to end."""
-    import numpy as np
     from rich.console import Console
 
     from calico.commands.store import stats as catalog_stats
-    from data_catalog.reader import open_version
+    from data_catalog.report import ReportConfig, write_report
     from data_catalog.verify import verify_version
     from preprocess.run import run as run_stage
     from preprocess.sweep import SweepConfig
@@ -84,11 +84,8 @@ def demo(
         raise typer.Exit(1)
     console.print("[4/5] store verified (every shard matches its manifest); calico catalog stats:")
     catalog_stats(store=store, version=summary.version, as_json=False)
-    sv = open_version(store, summary.version)
-    sweep = sv.sweep(sv.scenes()[0], 0)
-    picture = workdir / "bev_first_sweep.png"
-    _bev_picture(np.asarray(sweep.xyz), np.asarray(sweep.region), picture)
-    console.print(f"      bird's-eye view of regions: {picture}")
+    page = write_report(store, summary.version, workdir / "reports", ReportConfig(n_sweeps=2))
+    console.print(f"      report: {page.path}")
 
     # 5. the evaluation path
     if evaluate:
@@ -101,24 +98,3 @@ def demo(
     console.print(f"[green]demo finished[/green]: outputs under {workdir}; try "
                   f"`calico catalog show --store {store}`")
 
-
-def _bev_picture(xyz, region, path: Path) -> None:
-    """Bird's-eye view of one sweep: semantic-less points grey, each region its own colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(7, 7), dpi=110)
-    none = region < 0
-    ax.scatter(xyz[none, 0], xyz[none, 1], s=0.2, c="0.75", linewidths=0)
-    colors = np.random.default_rng(0).uniform(0.1, 0.9, size=(max(int(region.max()) + 1, 1), 3))
-    ax.scatter(xyz[~none, 0], xyz[~none, 1], s=0.6, c=colors[region[~none]], linewidths=0)
-    ax.set_aspect("equal")
-    ax.set_xlim(-50, 50)
-    ax.set_ylim(-50, 50)
-    ax.set_title(f"regions of the first keyframe sweep ({int(region.max()) + 1} regions; grey: semantic-less)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -140,7 +140,8 @@ def ensure_all_classes(world: World, rng: np.random.Generator, key_times, cfg: S
     detection class within its class range (:func:`seen_classes`), and the classes still unseen after
     :data:`ANCHOR_ROUNDS` rounds (normally none)."""
     for r in range(ANCHOR_ROUNDS + 1):
-        missing = [c for c in CLASS_RANGE if c not in seen_classes(world, key_times, cfg)]
+        seen = seen_classes(world, key_times, cfg)
+        missing = [c for c in CLASS_RANGE if c not in seen]
         if not missing or r == ANCHOR_ROUNDS:
             break
         world = add_anchors(world, rng, [DETECTION_CATEGORY[c] for c in missing], key_times)

@@ -689,51 +689,95 @@ def _anchor_slots(world: World, rng: np.random.Generator, category: str, size, s
     raise ValueError(category)
 
 
-def add_anchors(world: World, rng: np.random.Generator, categories, key_times, tries: int = 60) -> World:
+#: How far (m, along the road) from the ego vehicle an anchor stands at most: near enough for a few LiDAR returns.
+_ANCHOR_REACH = {"movable_object.trafficcone": 14.0, "movable_object.barrier": 18.0, "human.pedestrian.adult": 20.0,
+                 "vehicle.bicycle": 18.0, "vehicle.motorcycle": 20.0}
+
+
+def _sight_clear(s0: float, d0: float, s1: float, d1: float, boxes: np.ndarray) -> bool:
+    """Whether the segment (s0, d0) -> (s1, d1) in road coordinates, leaving out 2.5 m at its start (the ego
+    vehicle) and 0.6 m at its end (the object seen), misses every footprint ``boxes`` (K, 4): s, d, half
+    extents along s and d."""
+    length = math.hypot(s1 - s0, d1 - d0)
+    if length < 3.2 or not len(boxes):
+        return True
+    f = np.linspace(2.5 / length, 1.0 - 0.6 / length, max(2, int(length / 0.2)))
+    ps, pd = s0 + f * (s1 - s0), d0 + f * (d1 - d0)
+    inside = (np.abs(ps[:, None] - boxes[None, :, 0]) < boxes[None, :, 2]) & \
+        (np.abs(pd[:, None] - boxes[None, :, 1]) < boxes[None, :, 3])
+    return not inside.any()
+
+
+def add_anchors(world: World, rng: np.random.Generator, categories, key_times, tries: int = 80) -> World:
     """The world with one standing object ("anchor") of each of ``categories`` added near the ego vehicle's
     path, within devkit's class range of its position at one of the keyframe times ``key_times`` (s).
 
     Anchors rest where such objects do: vehicles in the parking lane or on the verge (a bus at a stop), bicycles
     and motorcycles parked on the sidewalk, a pedestrian standing on it, a cone and a barrier closing a parking
     bay or at the kerb. A place is taken only if the anchor's footprint keeps :data:`ANCHOR_CLEARANCE` from every
-    static primitive, from the ego vehicle and from every agent over the whole scene (checked every 50 ms);
-    up to ``tries`` random places are tried per anchor, and an anchor with no free place is left out.
-    Deterministic given the generator state.
+    static primitive, from the ego vehicle and from every agent over the whole scene (checked every 50 ms), and
+    if the line of sight from the ego vehicle at the keyframe passes no object taller than 1 m (a footprint test;
+    the caller verifies with the LiDAR).
+    Where no such place is found in half the ``tries``, a vehicle may stop at the kerb side of the outer driving
+    lane (not the ego vehicle's), and the moving traffic that would drive through it is taken out of the scene.
+    An anchor with no place at all is left out. Deterministic given the generator state.
     """
     P = world.road
     times = np.arange(-0.5, world.duration + 0.05, 0.05)
     st = static_footprints(world)
-    S, D, HS, HD = agent_tracks(world, times)
+    S, D, HS, HD = agent_tracks(world, times)  # agents, then the ego vehicle as the last row
+    H = np.array([a.size[2] for a in world.agents] + [0.0])
+    sp = world.static_prims
+    tall = (sp[:, 3] - np.where(sp[:, 0] == 0, sp[:, 6], np.where(sp[:, 0] == 1, sp[:, 5], sp[:, 4])) <
+            ground_height(P, sp[:, 1:3]) + 1.0) & (sp[:, 4] > 0.2)  # reaching below 1 m, wider than a pole
+    blockers = st[tall]
     agents = list(world.agents)
     key_times = np.asarray(key_times, dtype=np.float64)
     gap = ANCHOR_CLEARANCE
+    hw, lane, n_lanes = float(P[R_HW]), float(P[R_LANE]), int(P[R_NLANE])
     for category in categories:
-        rng_range = CLASS_RANGE[DETECTION_NAME[category]] - 4.0
+        reach = CLASS_RANGE[DETECTION_NAME[category]] - 4.0
         probe = _make_agent(rng, category, 0.0, 0.0)
-        small = category not in _VEHICLES
-        for _ in range(tries):
-            side = -1 if rng.random() < (0.75 if small else 0.5) else 1
-            slots = _anchor_slots(world, rng, category, probe.size, side)
-            d, yaw_offset, parked = slots[int(rng.integers(0, len(slots)))]
+        vehicle = category in _VEHICLES
+        for attempt in range(tries):
+            side = -1 if rng.random() < (0.5 if vehicle else 0.75) else 1
+            in_lane = vehicle and attempt >= tries // 2
+            if in_lane:  # stopped at the kerb side of the outer driving lane
+                d, yaw_offset, parked = side * (n_lanes * lane - 0.3 - probe.size[0] / 2), 0.0, False
+            else:
+                slots = _anchor_slots(world, rng, category, probe.size, side)
+                d, yaw_offset, parked = slots[int(rng.integers(0, len(slots)))]
             t_key = float(key_times[int(rng.integers(0, len(key_times)))])
             dd = abs(d - world.ego.d)
-            if dd > rng_range - 3.0:
+            if dd > reach - 3.0:
                 continue
-            ds_max = min(math.sqrt(rng_range ** 2 - dd ** 2), 30.0)
-            ds = float(rng.uniform(3.0, ds_max)) * (1.0 if rng.random() < 0.7 else -1.0)
+            ds_max = min(math.sqrt(reach ** 2 - dd ** 2), _ANCHOR_REACH.get(category, 30.0))
+            ds = float(rng.uniform(min(3.0, ds_max), ds_max)) * (1.0 if rng.random() < 0.7 else -1.0)
             s = world.ego.s(t_key) + ds
             hs, hd = _half_sd(probe.size[0], probe.size[1], yaw_offset)
             hs *= _along_scale(P, d)
+            k = int(round((t_key - times[0]) / 0.05))
+            occ = np.column_stack([S[:, k], D, HS, HD])[H > 1.0]
+            if not _sight_clear(S[-1, k], D[-1], s, d, np.vstack([occ, blockers])):
+                continue
             if np.any((np.abs(st[:, 0] - s) < st[:, 2] + hs + gap) & (np.abs(st[:, 1] - d) < st[:, 3] + hd + gap)):
                 continue
             lat = np.abs(D - d) < HD + hd + gap
-            if np.any(np.abs(S[lat] - s) < (HS[lat] + hs + gap)[:, None]):
-                continue
-            a = _make_agent(rng, category, s, d, reverse=side > 0, parked=parked, yaw_offset=yaw_offset,
-                            size=probe.size)
-            agents.append(a)
+            hit = lat & np.any(np.abs(S - s) < (HS + hs + gap)[:, None], axis=1)
+            if hit.any():
+                idx = np.nonzero(hit)[0]
+                movable = [i < len(agents) and not agents[i].follows_ego and abs(agents[i].v) > 0 for i in idx]
+                if not (in_lane and all(movable)):
+                    continue
+                keep = np.ones(len(D), bool)
+                keep[idx] = False
+                agents = [a for i, a in enumerate(agents) if keep[i]]
+                S, D, HS, HD, H = S[keep], D[keep], HS[keep], HD[keep], H[keep]
+            agents.append(_make_agent(rng, category, s, d, reverse=side > 0, parked=parked, yaw_offset=yaw_offset,
+                                      size=probe.size))
             S = np.vstack([S[:-1], np.full((1, len(times)), s), S[-1:]])
-            D, HS, HD = (np.concatenate([x[:-1], [v], x[-1:]]) for x, v in ((D, d), (HS, hs), (HD, hd)))
+            D, HS, HD, H = (np.concatenate([x[:-1], [v], x[-1:]])
+                            for x, v in ((D, d), (HS, hs), (HD, hd), (H, probe.size[2])))
             break
     return dataclasses.replace(world, agents=tuple(agents))
 

@@ -77,12 +77,6 @@ def make_shard(tmp_path):
     return make
 
 
-def pytest_configure(config):
-    # The lead will move this marker into pyproject.toml's markers list.
-    config.addinivalue_line("markers", "browser: renders a page in headless Chromium (/usr/bin/chromium); "
-                                       "skipped when it is absent")
-
-
 @pytest.fixture(scope="session")
 def catalog_store(synth_root, tmp_path_factory):
     """(store, version id) of a keyframes store of the generated ``tiny`` dataset, written once per session."""

@@ -1,0 +1,235 @@
+"""Configuration of PRC pre-training: frozen dataclasses with validation (ConfigError naming the field).
+
+``TrainConfig(data=DataConfig(...), optim=OptimConfig(...), model={...})``; presets :func:`small` (CPU, tiny
+grid) and :func:`nuscenes` (the paper's setting: +-51.2 m, pillar 0.2 m, 512x512). ``to_dict()`` gives plain
+JSON-able values (stored in every checkpoint), ``from_dict`` reads them back, :func:`with_overrides` applies
+``section.field=value`` strings (the CLI's ``--set``).
+
+``model`` is a dict with ``backbone`` (the fields of :class:`train.pointpillars.PointPillarsConfig`) and ``prc``
+(the other fields of :class:`train.prc.PRCConfig` but ``n_rich``/``n_less``, which come from ``data``);
+:attr:`TrainConfig.prc` builds (and so validates) those dataclasses.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import ConfigError
+from train.pointpillars import PointPillarsConfig
+from train.prc import PRCConfig
+
+
+def _int(name: str, v, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(name, v, f"must be an integer >= {lo}")
+
+
+def _pos(name: str, v, allow_zero: bool = False) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+            or (v == 0 and not allow_zero):
+        raise ConfigError(name, v, "must be a finite number " + (">= 0" if allow_zero else "> 0"))
+
+
+NUSCENES_RANGE = PointPillarsConfig().point_range
+SMALL_RANGE = PointPillarsConfig.small().point_range
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """store: store folder; version: id or unique prefix (None: the latest); batch_size: scans per step and
+    process; num_workers: DataLoader workers (0: in the loop's process); n_rich / n_less: sampled semantic-rich
+    / semantic-less points per scan [paper: 1024 each]; seed: shuffling and sampling; point_range: points
+    outside it (in either view) are dropped, must equal the backbone's."""
+
+    store: str = ""
+    version: str | None = None
+    batch_size: int = 4
+    num_workers: int = 2
+    n_rich: int = 1024
+    n_less: int = 1024
+    seed: int = 0
+    point_range: tuple[float, ...] = NUSCENES_RANGE
+    shuffle_scenes: int = 4
+
+    def __post_init__(self):
+        object.__setattr__(self, "store", str(self.store))
+        object.__setattr__(self, "point_range", tuple(float(v) for v in self.point_range))
+        _int("data.batch_size", self.batch_size, 1)
+        _int("data.num_workers", self.num_workers, 0)
+        _int("data.n_rich", self.n_rich, 0)
+        _int("data.n_less", self.n_less, 0)
+        _int("data.seed", self.seed, 0)
+        _int("data.shuffle_scenes", self.shuffle_scenes, 1)
+        if self.n_rich + self.n_less == 0:
+            raise ConfigError("data.n_rich", self.n_rich, "n_rich + n_less must be > 0")
+        r = self.point_range
+        if len(r) != 6 or not all(math.isfinite(v) for v in r) or not all(r[i] < r[i + 3] for i in range(3)):
+            raise ConfigError("data.point_range", r, "must be (x0, y0, z0, x1, y1, z1), finite, min < max")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW [proto: lr 1e-4, weight decay 0.01] with linear warmup over ``warmup_steps`` then cosine decay to
+    ``min_lr_ratio * lr`` at ``max_steps``; ``grad_clip``: max global gradient norm (0: no clipping)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 500
+    max_steps: int = 20000
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 10.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        _pos("optim.lr", self.lr)
+        _pos("optim.weight_decay", self.weight_decay, allow_zero=True)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError("optim.betas", self.betas, "must be two numbers in [0, 1)")
+        _int("optim.warmup_steps", self.warmup_steps, 0)
+        _int("optim.max_steps", self.max_steps, 1)
+        if not (0.0 <= self.min_lr_ratio <= 1.0):
+            raise ConfigError("optim.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        _pos("optim.grad_clip", self.grad_clip, allow_zero=True)
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at ``step`` (0-based): linear warmup, then cosine to ``min_lr_ratio``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.max_steps - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """data, optim; model: {"backbone": PointPillarsConfig fields, "prc": PRCConfig fields}; log_every: steps
+    between metric lines; ckpt_every: steps between checkpoints (and one at the end); max_nan: consecutive
+    non-finite losses before the run stops with an error; amp: bfloat16 autocast on CUDA (never on CPU);
+    deterministic: ``torch.use_deterministic_algorithms(True)``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    model: dict = field(default_factory=dict)
+    log_every: int = 1
+    ckpt_every: int = 1000
+    max_nan: int = 5
+    amp: bool = True
+    deterministic: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.data, dict):
+            object.__setattr__(self, "data", DataConfig(**self.data))
+        if isinstance(self.optim, dict):
+            object.__setattr__(self, "optim", OptimConfig(**self.optim))
+        if not isinstance(self.model, dict) or set(self.model) - {"backbone", "prc"}:
+            raise ConfigError("model", self.model, "must be a dict with keys 'backbone' and/or 'prc'")
+        _int("log_every", self.log_every, 1)
+        _int("ckpt_every", self.ckpt_every, 1)
+        _int("max_nan", self.max_nan, 1)
+        rng = self.prc.backbone.point_range
+        if tuple(float(v) for v in rng) != self.data.point_range:
+            raise ConfigError("data.point_range", self.data.point_range,
+                              f"must equal model.backbone.point_range {tuple(rng)}")
+
+    @property
+    def prc(self) -> PRCConfig:
+        """The model's configuration (``PRCConfig`` with its ``PointPillarsConfig``)."""
+        bb = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.get("backbone", {}).items()}
+        prc = dict(self.model.get("prc", {}))
+        if {"backbone", "n_rich", "n_less"} & set(prc):
+            raise ConfigError("model.prc", sorted(prc), "backbone, n_rich and n_less are set elsewhere")
+        try:
+            backbone = PointPillarsConfig(**bb)
+            return PRCConfig(backbone=backbone, n_rich=max(1, self.data.n_rich), n_less=max(1, self.data.n_less),
+                             **prc)
+        except TypeError as exc:
+            raise ConfigError("model", self.model, str(exc)) from None
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able values (tuples as lists)."""
+        return {"data": _plain(dataclasses.asdict(self.data)), "optim": _plain(dataclasses.asdict(self.optim)),
+                "model": _plain(copy.deepcopy(self.model)), "log_every": self.log_every,
+                "ckpt_every": self.ckpt_every, "max_nan": self.max_nan, "amp": self.amp,
+                "deterministic": self.deterministic}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        data = dict(d.pop("data", {}))
+        optim = dict(d.pop("optim", {}))
+        try:
+            return cls(data=DataConfig(**data), optim=OptimConfig(**optim), **d)
+        except TypeError as exc:
+            raise ConfigError("config", sorted(d), str(exc)) from None
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def small(store: str = "", version: str | None = None) -> TrainConfig:
+    """CPU preset: ``PointPillarsConfig.small()`` (+-25.6 m, pillar 0.4 m, 128x128 pillars), 2 scans of 256 + 256 points, short
+    warmup."""
+    backbone = _plain(dataclasses.asdict(PointPillarsConfig.small()))
+    return TrainConfig(
+        data=DataConfig(store=store, version=version, batch_size=2, num_workers=0, n_rich=256, n_less=256,
+                        point_range=SMALL_RANGE),
+        optim=OptimConfig(lr=1e-3, warmup_steps=10, max_steps=200),
+        model={"backbone": backbone, "prc": {}}, log_every=1, ckpt_every=50)
+
+
+def nuscenes(store: str = "", version: str | None = None) -> TrainConfig:
+    """The paper's setting: +-51.2 m, pillar 0.2 m (512x512), N = M = 1024, AdamW lr 1e-4, wd 0.01."""
+    return TrainConfig(
+        data=DataConfig(store=store, version=version, batch_size=4, num_workers=4, n_rich=1024, n_less=1024,
+                        point_range=NUSCENES_RANGE),
+        optim=OptimConfig(lr=1e-4, weight_decay=0.01, warmup_steps=500, max_steps=20000),
+        model={"backbone": _plain(dataclasses.asdict(PointPillarsConfig())), "prc": {}},
+        log_every=10, ckpt_every=1000)
+
+
+PRESETS = {"small": small, "nuscenes": nuscenes}
+
+
+def _parse(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        return text
+
+
+def with_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``key=value`` strings (``optim.lr=3e-4``, ``data.batch_size=8``, ``model.backbone.pillar_size=0.4``,
+    ``max_nan=3``); values are Python literals (else strings). Unknown keys raise :class:`ConfigError`."""
+    d = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("--set", item, "expected key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                if parts[0] == "model" and p in ("backbone", "prc") and p not in node:
+                    node[p] = {}
+                else:
+                    raise ConfigError(key, text, "unknown configuration section")
+            node = node[p]
+        if parts[0] != "model" and parts[-1] not in node:
+            raise ConfigError(key, text, f"unknown field; known: {', '.join(sorted(node))}")
+        node[parts[-1]] = _parse(text.strip())
+    return TrainConfig.from_dict(d)

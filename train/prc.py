@@ -1,0 +1,134 @@
+"""PRC (point-region contrast) pre-training model: a shared PointPillars backbone for both augmented views, bilinear
+reading of the BEV map at the sampled points, a projection MLP, L2 normalisation and the PLRC + RAPC losses
+(METHOD.md sections 2 and 4).
+
+Batch contract (from ``train.data``): a dict with
+    "points": (2, P, 4) float32, view 0 and view 1 of the same points in the same order,
+    "batch_idx": (P,) int64 scan index of each point,
+    "region": (P,) int64 region id (unique across the batch), -1 semantic-less,
+    "sample_idx": (B, N+M) int64 indices into the P points (N semantic-rich, then M semantic-less per scan),
+    "sample_valid": (B, N+M) bool,
+    "batch_size": int B.
+``PRCModel.forward(batch)`` returns {"loss", "plrc", "rapc"} scalars; "loss" = alpha * plrc + (1 - alpha) * rapc.
+Both losses are symmetrised here: the mean of view 0 -> view 1 and view 1 -> view 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.errors import ConfigError
+
+from .bev import in_range, sample_bev_batched
+from .losses import plrc_loss, rapc_loss
+from .pointpillars import PointPillars, PointPillarsConfig
+
+
+@dataclass(frozen=True)
+class PRCConfig:
+    """PRC configuration.
+
+    Fields:
+        backbone: the PointPillars configuration.
+        alpha: weight of PLRC in the total loss (RAPC gets 1 - alpha), in [0, 1].
+        tau: temperature of both losses, > 0.
+        proj_hidden, proj_out: projection MLP widths (Linear-ReLU-Linear).
+        n_rich, n_less: semantic-rich and semantic-less points sampled per scan (used by the data side).
+    """
+
+    backbone: PointPillarsConfig = field(default_factory=PointPillarsConfig)
+    alpha: float = 0.5
+    tau: float = 0.1
+    proj_hidden: int = 128
+    proj_out: int = 64
+    n_rich: int = 1024
+    n_less: int = 1024
+
+    def __post_init__(self):
+        if not isinstance(self.backbone, PointPillarsConfig):
+            raise ConfigError("backbone", self.backbone, "must be a PointPillarsConfig")
+        if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
+            raise ConfigError("alpha", self.alpha, "must be a number in [0, 1]")
+        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau > 0):
+            raise ConfigError("tau", self.tau, "must be a finite number > 0")
+        for name in ("proj_hidden", "proj_out", "n_rich", "n_less"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ConfigError(name, v, "must be an integer >= 1")
+
+    @classmethod
+    def small(cls, **kw) -> PRCConfig:
+        """CPU preset: the small backbone, 256 + 256 sampled points."""
+        kw.setdefault("n_rich", 256)
+        kw.setdefault("n_less", 256)
+        return cls(backbone=PointPillarsConfig.small(), **kw)
+
+    @property
+    def n_samples(self) -> int:
+        """K = n_rich + n_less sampled points per scan."""
+        return self.n_rich + self.n_less
+
+
+class ProjectionHead(nn.Module):
+    """(..., C) -> (..., proj_out) L2-normalised embeddings (Linear-ReLU-Linear, then F.normalize)."""
+
+    def __init__(self, c_in: int, hidden: int, out: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(x), dim=-1)
+
+
+class PRCModel(nn.Module):
+    """PointPillars backbone (``self.backbone``, shared by both views) + projection head + PRC losses."""
+
+    def __init__(self, cfg: PRCConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else PRCConfig()
+        self.backbone = PointPillars(self.cfg.backbone)
+        self.head = ProjectionHead(self.backbone.out_channels, self.cfg.proj_hidden, self.cfg.proj_out)
+
+    def embed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embeddings of the sampled points in both views.
+
+        Returns:
+            z0, z1: (B, K, D) float32 L2-normalised embeddings in view 0 and view 1;
+            region: (B, K) int64 region of each sampled point (-1 semantic-less);
+            valid: (B, K) bool, ``sample_valid`` and inside the map's xy range in both views.
+        """
+        points = batch["points"]
+        batch_idx = batch["batch_idx"].long()
+        sample_idx = batch["sample_idx"].long()
+        b = int(batch["batch_size"])
+        if points.ndim != 3 or points.shape[0] != 2 or points.shape[2] < 4:
+            raise ValueError(f"batch['points'] must be (2, P, 4), got {tuple(points.shape)}")
+        p = points.shape[1]
+        if sample_idx.ndim != 2 or sample_idx.shape[0] != b:
+            raise ValueError(f"batch['sample_idx'] must be ({b}, K), got {tuple(sample_idx.shape)}")
+        valid = batch["sample_valid"].bool() & (sample_idx >= 0) & (sample_idx < p)
+        idx = sample_idx.clamp(0, max(p - 1, 0))
+        # One backbone pass over both views: view v of scan s is scan v * B + s.
+        both = torch.cat([points[0], points[1]], dim=0)
+        both_idx = torch.cat([batch_idx, batch_idx + b], dim=0)
+        bev = self.backbone(both, both_idx, 2 * b)  # (2B, C, H, W)
+        rng = self.cfg.backbone.point_range
+        xy = torch.stack([points[0][idx][..., :2], points[1][idx][..., :2]])  # (2, B, K, 2)
+        valid = valid & in_range(xy[0], rng) & in_range(xy[1], rng)
+        feats = sample_bev_batched(bev, xy.reshape(2 * b, -1, 2), rng)  # (2B, K, C)
+        z = self.head(feats).float()
+        region = batch["region"].long()[idx]
+        return z[:b], z[b:], region, valid
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """PRC losses of a batch (see the module docstring): {"loss", "plrc", "rapc"}, () float32 each."""
+        z0, z1, region, valid = self.embed(batch)
+        tau = self.cfg.tau
+        plrc = 0.5 * (plrc_loss(z0, z1, region, valid, tau) + plrc_loss(z1, z0, region, valid, tau))
+        rapc = 0.5 * (rapc_loss(z0, z1, region, valid, tau) + rapc_loss(z1, z0, region, valid, tau))
+        a = self.cfg.alpha
+        return {"loss": a * plrc + (1.0 - a) * rapc, "plrc": plrc, "rapc": rapc}
