@@ -109,7 +109,7 @@ def _points_in_box(points: np.ndarray, centre: np.ndarray, size_wlh, yaw: float)
 #: LiDAR returns (noise-free rays in the check cast) an object needs for its class to count as seen.
 MIN_SEEN_RAYS = 5
 #: Rounds of anchor placement per scene (a round adds an anchor for each class still unseen).
-ANCHOR_ROUNDS = 4
+ANCHOR_ROUNDS = 8
 
 
 def seen_classes(world: World, key_times, cfg: SynthConfig) -> set[str]:
