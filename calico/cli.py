@@ -1,4 +1,4 @@
-"""``calico``: one command, with subcommands ``synth``, ``preprocess``, ``catalog``, ``demo``.
+"""``calico``: one command, with subcommands ``synth``, ``preprocess``, ``catalog``, ``train``, ``demo``.
 
 Errors of calico's own (:class:`shared.errors.CalicoError`) print as one line naming the file or value at
 fault and exit with status 2; anything else is a bug and shows its traceback.
@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from calico.commands import demo, preprocess, store, synth
+from calico.commands import demo, preprocess, store, synth, train
 
 app = typer.Typer(
     name="calico",
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.command("synth")(synth.synth)
 app.add_typer(preprocess.app, name="preprocess")
 app.add_typer(store.catalog_app, name="catalog")
+app.add_typer(train.app, name="train")
 app.command("demo")(demo.demo)
 
 

@@ -47,6 +47,7 @@ CODE_FILES: tuple[str, ...] = (
     "preprocess/pooling.py",
     "preprocess/project.py",
     "preprocess/augment.py",
+    "shared/augment_params.py",
     "preprocess/sweep.py",
     "shared/pointcloud.py",
     "shared/nuscenes_io.py",

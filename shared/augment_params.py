@@ -24,7 +24,7 @@ from shared.errors import ConfigError
 PARAM_FIELDS: tuple[str, ...] = ("angle", "scale", "flip_x", "flip_y", "tx", "ty", "tz")
 NUM_PARAMS = len(PARAM_FIELDS)
 
-__all__ = ["PARAM_FIELDS", "NUM_PARAMS", "as_matrix", "inverse_matrix", "apply", "apply_inverse"]
+__all__ = ["NUM_PARAMS", "PARAM_FIELDS", "apply", "apply_inverse", "as_matrix", "inverse_matrix"]
 
 
 def _check_params(params: np.ndarray) -> np.ndarray:

@@ -30,3 +30,16 @@ def synth_root(tmp_path_factory) -> tuple[Path, str]:
 
     dataroot, version = generate(tmp_path_factory.mktemp("synth") / "tiny", preset="tiny", seed=0, progress=False)
     return Path(dataroot), version
+
+
+@pytest.fixture(scope="session")
+def tiny_store(synth_root, tmp_path_factory):
+    """(store path, RunSummary) of a keyframes store of the ``tiny`` dataset, written once per session (in this
+    process, no Dask). Read-only for the tests: a test that changes a store builds its own."""
+    from preprocess.run import run
+
+    root, version = synth_root
+    store = tmp_path_factory.mktemp("store")
+    summary = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None)
+    assert summary.failed_sweeps == 0 and not summary.failed_scenes
+    return store, summary

@@ -9,6 +9,7 @@ latest is the one with the highest step.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -73,5 +74,5 @@ def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint (on the CPU); an unreadable file is an :class:`InputError` naming it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or not a checkpoint
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # truncated or not one
         raise InputError(f"cannot read checkpoint: {exc}", path) from None

@@ -43,7 +43,9 @@ class DataConfig:
     """store: store folder; version: id or unique prefix (None: the latest); batch_size: scans per step and
     process; num_workers: DataLoader workers (0: in the loop's process); n_rich / n_less: sampled semantic-rich
     / semantic-less points per scan [paper: 1024 each]; seed: shuffling and sampling; point_range: points
-    outside it (in either view) are dropped, must equal the backbone's."""
+    outside it (in either view) are dropped, must equal the backbone's; shuffle_scenes: scenes shuffled together
+    in a worker; global_batch: split so that W processes read what one process with batch W x batch_size reads
+    (for checking DDP; see ``PRCStream``)."""
 
     store: str = ""
     version: str | None = None
@@ -54,6 +56,7 @@ class DataConfig:
     seed: int = 0
     point_range: tuple[float, ...] = NUSCENES_RANGE
     shuffle_scenes: int = 4
+    global_batch: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "store", str(self.store))

@@ -106,12 +106,17 @@ class PRCStream(IterableDataset):
 
     rank, world_size: this process's share (default: from ``torch.distributed`` when initialised, else 0, 1).
     shuffle_scenes: scenes whose sweeps are shuffled together inside a worker's part (bounds open shards).
+    global_batch: when set (this process's batch size B), split so that step k of every rank together reads
+        the same W*B sweeps as step k of one process with batch W*B: the epoch's order is cut into blocks of B,
+        block q goes to rank q % W and, inside the rank, to worker (q // W) % num_workers (the DataLoader's
+        round robin then yields them in order). Each rank then touches every scene (more shard reads); it is
+        for checking DDP against one process, the default contiguous split is for real runs.
     """
 
     def __init__(self, store: str | Path, version: str | None = None, *, n_rich: int = 1024, n_less: int = 1024,
                  seed: int = 0, point_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), shuffle: bool = True,
                  shuffle_scenes: int = 4, rank: int | None = None, world_size: int | None = None,
-                 scenes: list[str] | None = None):
+                 scenes: list[str] | None = None, global_batch: int | None = None):
         super().__init__()
         for name, val, lo in (("data.n_rich", n_rich, 0), ("data.n_less", n_less, 0), ("data.seed", seed, 0),
                               ("data.shuffle_scenes", shuffle_scenes, 1)):
@@ -127,6 +132,9 @@ class PRCStream(IterableDataset):
         self.point_range = _check_range(point_range)
         self.shuffle, self.shuffle_scenes = bool(shuffle), int(shuffle_scenes)
         self._rank, self._world = rank, world_size
+        if global_batch is not None and (isinstance(global_batch, bool) or int(global_batch) < 1):
+            raise ConfigError("data.global_batch", global_batch, "must be None or an integer >= 1")
+        self.global_batch = None if global_batch is None else int(global_batch)
         names = self._version.scenes() if scenes is None else list(scenes)
         if not names:
             raise InputError(f"store version {self.store_version} has no committed scenes", self._version.path)
@@ -171,6 +179,13 @@ class PRCStream(IterableDataset):
         if not (0 <= rank < world_size and 0 <= worker < num_workers):
             raise ValueError(f"bad share rank={rank}/{world_size} worker={worker}/{num_workers}")
         order = self.epoch_order(epoch)
+        if self.global_batch is not None:
+            b = self.global_batch
+            if self.shuffle:
+                order = [order[i] for i in np.random.default_rng([self.seed, epoch, 2]).permutation(len(order))]
+            blocks = [order[i:i + b] for i in range(0, len(order), b)]
+            return [it for q, blk in enumerate(blocks)
+                    if q % world_size == rank and (q // world_size) % num_workers == worker for it in blk]
         parts = world_size * num_workers
         part = rank * num_workers + worker
         a, b = (len(order) * part) // parts, (len(order) * (part + 1)) // parts

@@ -15,9 +15,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -61,6 +61,17 @@ def _mean_over_ranks(values: torch.Tensor, world: int) -> torch.Tensor:
 def pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
                  model_fn: Callable[[TrainConfig], nn.Module] | None = None,
                  stop_after: int | None = None) -> dict:
+    """See :func:`_pretrain_prc`; restores torch's deterministic-algorithms setting afterwards."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        return _pretrain_prc(cfg, out_dir, resume, model_fn, stop_after)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
+                  model_fn: Callable[[TrainConfig], nn.Module] | None = None,
+                  stop_after: int | None = None) -> dict:
     """Train PRC for ``cfg.optim.max_steps`` optimizer steps; returns a summary dict (steps, last metrics).
 
     model_fn: builds the model from the config (default: ``train.prc.PRCModel(cfg.prc)``); it must follow the
@@ -81,7 +92,8 @@ def pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
     # ---- data: this rank's share of the store version, batched by collate_prc
     d = cfg.data
     stream = PRCStream(d.store, d.version, n_rich=d.n_rich, n_less=d.n_less, seed=d.seed,
-                       point_range=d.point_range, shuffle_scenes=d.shuffle_scenes, rank=rank, world_size=world)
+                       point_range=d.point_range, shuffle_scenes=d.shuffle_scenes, rank=rank, world_size=world,
+                       global_batch=d.batch_size if d.global_batch else None)
     loader = DataLoader(stream, batch_size=d.batch_size, collate_fn=collate_prc, num_workers=d.num_workers,
                         generator=torch.Generator().manual_seed(d.seed))  # leaves the global torch RNG alone
 
@@ -89,7 +101,8 @@ def pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
     if model_fn is None:
         from train.prc import PRCModel
 
-        model_fn = lambda c: PRCModel(c.prc)  # noqa: E731
+        def model_fn(c: TrainConfig) -> nn.Module:
+            return PRCModel(c.prc)
     model = model_fn(cfg).to(device)
     ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     o = cfg.optim

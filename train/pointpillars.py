@@ -55,6 +55,12 @@ class PointPillarsConfig:
     upsample_channels: tuple[int, ...] = (128, 128, 128)
 
     def __post_init__(self):
+        for name in ("point_range", "pfn_channels", "layer_nums", "layer_strides", "layer_channels",
+                     "upsample_strides", "upsample_channels"):
+            v = getattr(self, name)
+            if not isinstance(v, (tuple, list)):
+                raise ConfigError(name, v, "must be a tuple (or list) of numbers")
+            object.__setattr__(self, name, tuple(v))  # lists from JSON configs become (hashable) tuples
         r = self.point_range
         if len(r) != 6 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in r):
             raise ConfigError("point_range", r, "must be 6 finite numbers (x0, y0, z0, x1, y1, z1)")

@@ -24,7 +24,7 @@ from torch import nn
 from shared.errors import ConfigError
 
 from .bev import in_range, sample_bev_batched
-from .losses import plrc_loss, rapc_loss
+from .losses import masked_log_softmax, plrc_from_log_probs, rapc_from_log_probs
 from .pointpillars import PointPillars, PointPillarsConfig
 
 
@@ -127,8 +127,9 @@ class PRCModel(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """PRC losses of a batch (see the module docstring): {"loss", "plrc", "rapc"}, () float32 each."""
         z0, z1, region, valid = self.embed(batch)
-        tau = self.cfg.tau
-        plrc = 0.5 * (plrc_loss(z0, z1, region, valid, tau) + plrc_loss(z1, z0, region, valid, tau))
-        rapc = 0.5 * (rapc_loss(z0, z1, region, valid, tau) + rapc_loss(z1, z0, region, valid, tau))
+        # Each direction's log-probabilities are computed once and shared by PLRC and RAPC.
+        logp = [masked_log_softmax(za, zb, valid, self.cfg.tau) for za, zb in ((z0, z1), (z1, z0))]
+        plrc = 0.5 * sum(plrc_from_log_probs(lp, region, valid) for lp in logp)
+        rapc = 0.5 * sum(rapc_from_log_probs(lp, region, valid) for lp in logp)
         a = self.cfg.alpha
         return {"loss": a * plrc + (1.0 - a) * rapc, "plrc": plrc, "rapc": rapc}

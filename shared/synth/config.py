@@ -107,6 +107,8 @@ class SynthConfig:
             raise ConfigError("annotation_range", self.annotation_range, "must lie in 5..200 m")
         if not 0.0 <= self.density <= 5.0:
             raise ConfigError("density", self.density, "must lie in 0..5")
+        if not isinstance(self.all_classes, bool):
+            raise ConfigError("all_classes", self.all_classes, "must be True or False")
 
     @property
     def is_mini(self) -> bool:

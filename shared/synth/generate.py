@@ -19,9 +19,23 @@ from shared.records import CAMERAS
 from shared.synth.camera import ground_polygons, render_image, scaled_intrinsic
 from shared.synth.config import CAMERA_RIG, LIDAR2EGO, SynthConfig, resolve_config
 from shared.synth.lidar import AZIMUTH_START, HIT_PRIM, cast_sweep, to_points
-from shared.synth.tables import LOCATIONS, constant_tables, scene_names, token, visibility_token, write_tables
-from shared.synth.world import (CLASS_RANGE, DETECTION_CATEGORY, DETECTION_NAME, World, add_anchors,
-                                drivable_raster, make_world)
+from shared.synth.tables import (
+    LOCATIONS,
+    constant_tables,
+    scene_names,
+    token,
+    visibility_token,
+    write_tables,
+)
+from shared.synth.world import (
+    CLASS_RANGE,
+    DETECTION_CATEGORY,
+    DETECTION_NAME,
+    World,
+    add_anchors,
+    drivable_raster,
+    make_world,
+)
 
 #: First timestamp (microseconds) of scene 0; later scenes start an hour apart.
 BASE_TIMESTAMP = 1_532_402_927_000_000
@@ -112,14 +126,16 @@ MIN_SEEN_RAYS = 5
 ANCHOR_ROUNDS = 8
 
 
-def seen_classes(world: World, key_times, cfg: SynthConfig) -> set[str]:
-    """Detection classes the keyframe sweeps see: some object of the class takes at least
-    :data:`MIN_SEEN_RAYS` first returns of a keyframe sweep (cast as in :func:`_write_scene`, before noise and
-    dropouts) while its centre lies within devkit's class range of the ego vehicle."""
+def seen_classes(world: World, key_times, cfg: SynthConfig) -> dict[str, float]:
+    """Detection classes the keyframe sweeps see, each with the first keyframe time (s) that sees it: some object
+    of the class takes at least :data:`MIN_SEEN_RAYS` first returns of the sweep ending at that time (cast as in
+    :func:`_write_scene`, before noise and dropouts) while its centre lies within devkit's class range (less
+    1 m) of the ego vehicle. Stops casting once every class is seen."""
     period = 1.0 / cfg.lidar_hz
     n = len(world.agents)
-    seen: set[str] = set()
+    seen: dict[str, float] = {}
     for t in key_times:
+        t = float(t)
         poses, _ = _lidar_poses(world, t, period, cfg.n_azimuth)
         prims, _ = world.primitives(t - period / 2)
         rays = cast_sweep(world.road, prims, n, poses, cfg.max_range)
@@ -128,24 +144,31 @@ def seen_classes(world: World, key_times, cfg: SynthConfig) -> set[str]:
         ego_xy = world.ego_pose(t)[:2, 3]
         for i in np.nonzero(hits >= MIN_SEEN_RAYS)[0]:
             name = DETECTION_NAME[world.agents[i].category]
-            if name not in seen and np.hypot(*(world.agent_pose(int(i), t)[0][:2] - ego_xy)) <= CLASS_RANGE[name] - 1:
-                seen.add(name)
+            dist = np.hypot(*(world.agent_pose(int(i), t)[0][:2] - ego_xy))
+            if name not in seen and dist <= CLASS_RANGE[name] - 1.0:
+                seen[name] = t
         if len(seen) == len(CLASS_RANGE):
             break
     return seen
 
 
-def ensure_all_classes(world: World, rng: np.random.Generator, key_times, cfg: SynthConfig) -> tuple[World, set[str]]:
+def ensure_all_classes(world: World, rng: np.random.Generator, key_times,
+                       cfg: SynthConfig) -> tuple[World, set[str]]:
     """The world with anchors (:func:`shared.synth.world.add_anchors`) added until the keyframe sweeps see every
     detection class within its class range (:func:`seen_classes`), and the classes still unseen after
-    :data:`ANCHOR_ROUNDS` rounds (normally none)."""
-    for r in range(ANCHOR_ROUNDS + 1):
-        seen = seen_classes(world, key_times, cfg)
+    :data:`ANCHOR_ROUNDS` rounds (normally none).
+
+    After the first full check, a round re-casts only the keyframes that saw a class before (a new anchor may
+    hide it) and those the new anchors were placed for; a class no longer seen there counts as missing again.
+    """
+    seen = seen_classes(world, key_times, cfg)
+    for _ in range(ANCHOR_ROUNDS):
         missing = [c for c in CLASS_RANGE if c not in seen]
-        if not missing or r == ANCHOR_ROUNDS:
+        if not missing:
             break
-        world = add_anchors(world, rng, [DETECTION_CATEGORY[c] for c in missing], key_times)
-    return world, set(missing)
+        world, targets = add_anchors(world, rng, [DETECTION_CATEGORY[c] for c in missing], key_times)
+        seen = seen_classes(world, sorted(set(seen.values()) | set(targets)), cfg)
+    return world, {c for c in CLASS_RANGE if c not in seen}
 
 
 def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T: _Tables, bar) -> None:

@@ -670,7 +670,7 @@ def _anchor_slots(world: World, rng: np.random.Generator, category: str, size, s
         return slots
     if category in ("vehicle.motorcycle", "vehicle.bicycle"):  # parked across the sidewalk, or in the parking lane
         slots = [(side * (hw + max(sw - 0.3 - l / 2, 0.3 + l / 2)), math.pi / 2, True)]
-        if world.parking and category == "vehicle.motorcycle":
+        if world.parking:
             slots.insert(0, (side * (hw - 0.4 - w / 2), 0.0, True))
         return slots
     if category == "human.pedestrian.adult":  # standing on the sidewalk
@@ -708,7 +708,8 @@ def _sight_clear(s0: float, d0: float, s1: float, d1: float, boxes: np.ndarray) 
     return not inside.any()
 
 
-def add_anchors(world: World, rng: np.random.Generator, categories, key_times, tries: int = 80) -> World:
+def add_anchors(world: World, rng: np.random.Generator, categories, key_times,
+                tries: int = 120) -> tuple[World, list[float]]:
     """The world with one standing object ("anchor") of each of ``categories`` added near the ego vehicle's
     path, within devkit's class range of its position at one of the keyframe times ``key_times`` (s).
 
@@ -720,7 +721,8 @@ def add_anchors(world: World, rng: np.random.Generator, categories, key_times, t
     the caller verifies with the LiDAR).
     Where no such place is found in half the ``tries``, a vehicle may stop at the kerb side of the outer driving
     lane (not the ego vehicle's), and the moving traffic that would drive through it is taken out of the scene.
-    An anchor with no place at all is left out. Deterministic given the generator state.
+    An anchor with no place at all is left out. Returns the new world and the keyframe time each placed anchor
+    was placed for. Deterministic given the generator state.
     """
     P = world.road
     times = np.arange(-0.5, world.duration + 0.05, 0.05)
@@ -733,8 +735,9 @@ def add_anchors(world: World, rng: np.random.Generator, categories, key_times, t
     blockers = st[tall]
     agents = list(world.agents)
     key_times = np.asarray(key_times, dtype=np.float64)
+    targets: list[float] = []
     gap = ANCHOR_CLEARANCE
-    hw, lane, n_lanes = float(P[R_HW]), float(P[R_LANE]), int(P[R_NLANE])
+    lane, n_lanes = float(P[R_LANE]), int(P[R_NLANE])
     for category in categories:
         reach = CLASS_RANGE[DETECTION_NAME[category]] - 4.0
         probe = _make_agent(rng, category, 0.0, 0.0)
@@ -778,8 +781,9 @@ def add_anchors(world: World, rng: np.random.Generator, categories, key_times, t
             S = np.vstack([S[:-1], np.full((1, len(times)), s), S[-1:]])
             D, HS, HD, H = (np.concatenate([x[:-1], [v], x[-1:]])
                             for x, v in ((D, d), (HS, hs), (HD, hd), (H, probe.size[2])))
+            targets.append(t_key)
             break
-    return dataclasses.replace(world, agents=tuple(agents))
+    return dataclasses.replace(world, agents=tuple(agents)), targets
 
 
 @njit(cache=True)

@@ -78,11 +78,7 @@ def make_shard(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def catalog_store(synth_root, tmp_path_factory):
-    """(store, version id) of a keyframes store of the generated ``tiny`` dataset, written once per session."""
-    from preprocess.run import run
-
-    root, version = synth_root
-    store = tmp_path_factory.mktemp("catalog_store")
-    summary = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None)
+def catalog_store(tiny_store):
+    """(store, version id) of the session's keyframes store of the generated ``tiny`` dataset."""
+    store, summary = tiny_store
     return store, summary.version

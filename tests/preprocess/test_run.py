@@ -29,15 +29,6 @@ def tiny_synth(synth_root):
     return synth_root
 
 
-@pytest.fixture(scope="session")
-def tiny_store(tiny_synth, tmp_path_factory):
-    """A keyframes store of the tiny dataset, written once (1 thread worker)."""
-    root, version = tiny_synth
-    store = tmp_path_factory.mktemp("store")
-    summary = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None)
-    return store, summary
-
-
 def _copy(tiny_synth, tmp_path):
     root, version = tiny_synth
     dst = tmp_path / "data"

@@ -53,8 +53,7 @@ def _random_case(seed: int, b: int = 2, k: int = 14, d: int = 5, n_regions: int 
     rng = np.random.default_rng(seed)
     z1 = _unit(rng.normal(size=(b, k, d)))
     z2 = _unit(z1 + 0.5 * rng.normal(size=(b, k, d)))
-    region = rng.integers(-1, n_regions, size=(b, k)) + (np.arange(b)[:, None] * 100) * (rng.random((b, k)) > -1)
-    region[region % 100 == 99] = -1  # -1 stays semantic-less after the per-scan offset
+    region = rng.integers(0, n_regions, size=(b, k)) + 100 * np.arange(b)[:, None]  # unique across scans
     region = np.where(rng.random((b, k)) < 0.3, -1, region)
     valid = rng.random((b, k)) >= p_invalid
     return z1, z2, region, valid
@@ -200,3 +199,13 @@ def test_bad_shapes_raise():
         plrc_loss(z, z, torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="tau"):
         rapc_loss(z, z, torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool), tau=0.0)
+
+
+def test_losses_stay_float32_under_autocast():
+    z1, z2, region, valid = _random_case(9, p_invalid=0.3)
+    args = [torch.tensor(a) for a in (z1.astype(np.float32), z2.astype(np.float32), region, valid)]
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = [f(*args, tau=0.1) for f in (plrc_loss, rapc_loss)]
+    assert all(g.dtype == torch.float32 for g in got)
+    assert got[0].item() == pytest.approx(ref_plrc(z1, z2, region, valid, 0.1), abs=1e-4)
+    assert got[1].item() == pytest.approx(ref_rapc(z1, z2, region, valid, 0.1), abs=1e-4)

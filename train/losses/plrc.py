@@ -27,9 +27,11 @@ def masked_log_softmax(z1: torch.Tensor, z2: torch.Tensor, valid: torch.Tensor, 
         tau: temperature > 0.
     """
     dtype = torch.promote_types(z1.dtype, torch.float32)  # half precision (AMP) is upcast
-    s = torch.einsum("bid,bkd->bik", z1.to(dtype), z2.to(dtype)) / tau
-    s = s.masked_fill(~valid[:, None, :], MASKED_LOGIT)
-    return torch.log_softmax(s, dim=-1)
+    with torch.autocast(device_type=z1.device.type, enabled=False):  # keep the logits in float32 under AMP
+        s = torch.bmm(z1.to(dtype) / tau, z2.to(dtype).transpose(1, 2))
+        if not bool(valid.all()):
+            s = s.masked_fill(~valid[:, None, :], MASKED_LOGIT)
+        return torch.log_softmax(s, dim=-1)
 
 
 def _check(z1, z2, region, valid, tau):
@@ -57,7 +59,19 @@ def plrc_loss(z1: torch.Tensor, z2: torch.Tensor, region: torch.Tensor, valid: t
     """
     _check(z1, z2, region, valid, tau)
     valid = valid.bool()
-    logp = masked_log_softmax(z1, z2, valid, tau)
+    return plrc_from_log_probs(masked_log_softmax(z1, z2, valid, tau), region, valid)
+
+
+def plrc_from_log_probs(logp: torch.Tensor, region: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """PLRC from precomputed log-probabilities (lets PRCModel share them with RAPC).
+
+    Args:
+        logp: (B, K, K) float, :func:`masked_log_softmax` of view 1 anchors (rows) against view 2 candidates.
+        region: (B, K) int64; valid: (B, K) bool (as in :func:`plrc_loss`).
+    Returns:
+        () scalar of logp's dtype.
+    """
+    valid = valid.bool()
     anchor = valid & (region >= 0)  # (B, K)
     pos = (region[:, :, None] == region[:, None, :]) & valid[:, None, :] & anchor[:, :, None]  # (B, K, K)
     n_pos = pos.sum(-1)  # (B, K), >= 1 for every anchor (itself)

@@ -55,7 +55,19 @@ def rapc_loss(z1: torch.Tensor, z2: torch.Tensor, region: torch.Tensor, valid: t
     """
     _check(z1, z2, region, valid, tau)
     valid = valid.bool()
-    logp = masked_log_softmax(z1, z2, valid, tau)
+    return rapc_from_log_probs(masked_log_softmax(z1, z2, valid, tau), region, valid)
+
+
+def rapc_from_log_probs(logp: torch.Tensor, region: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """RAPC from precomputed log-probabilities (lets PRCModel share them with PLRC).
+
+    Args:
+        logp: (B, K, K) float, :func:`masked_log_softmax` of view 1 points (rows) against view 2 candidates.
+        region: (B, K) int64; valid: (B, K) bool (as in :func:`rapc_loss`).
+    Returns:
+        () scalar of logp's dtype.
+    """
+    valid = valid.bool()
     nll = -torch.diagonal(logp, dim1=1, dim2=2)  # (B, K)
     w = region_weights(region, valid, nll.dtype)
     per_scan = torch.where(valid, w * nll, torch.zeros_like(nll)).sum(-1)  # (B,)

@@ -123,6 +123,56 @@ def test_devkit_renders(nusc, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- content
+def test_every_scene_shows_every_detection_class(nusc):
+    """Every scene (training and validation) holds each of the 10 detection classes with LiDAR points within
+    devkit's class range (detection_cvpr_2019) at some keyframe, on at least two keyframes' annotations (so
+    devkit can estimate its velocity), and the objects placed for that overlap no other annotated object."""
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    class_range = config_factory("detection_cvpr_2019").class_range
+    for scene in nusc.scene:
+        seen: dict[str, set[str]] = {}
+        tok = scene["first_sample_token"]
+        while tok:
+            sample = nusc.get("sample", tok)
+            ego = nusc.get("ego_pose", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["ego_pose_token"])
+            boxes = []
+            for a in (nusc.get("sample_annotation", t) for t in sample["anns"]):
+                name = category_to_detection_name(a["category_name"])
+                dist = math.dist(a["translation"][:2], ego["translation"][:2])
+                if a["num_lidar_pts"] > 0 and dist <= class_range[name]:
+                    seen.setdefault(name, set()).add(a["instance_token"])
+                boxes.append(a)
+            # no two boxes of a keyframe overlap (footprints as discs of the boxes' inscribed radius)
+            xy = np.array([b["translation"][:2] for b in boxes])
+            r = np.array([min(b["size"][:2]) / 2 for b in boxes])
+            dist = np.linalg.norm(xy[:, None] - xy[None], axis=2) + np.eye(len(boxes)) * 1e9
+            assert np.all(dist >= (r[:, None] + r[None]) * 0.99), scene["name"]
+            tok = sample["next"]
+        assert set(seen) == DETECTION_CLASSES, (scene["name"], sorted(DETECTION_CLASSES - set(seen)))
+        for name, instances in seen.items():
+            assert max(nusc.get("instance", i)["nbr_annotations"] for i in instances) >= 2, (scene["name"], name)
+
+
+def test_ensure_all_classes_fills_the_gaps():
+    """A random world lacking classes gets anchors until the keyframe casts see all 10; nothing else changes."""
+    from shared.synth.generate import ensure_all_classes, seen_classes
+    from shared.synth.world import CLASS_RANGE, make_world
+
+    cfg = PRESETS["tiny"]
+    key_times = [0.0, 0.5, 1.0]
+    world = make_world(np.random.default_rng([0, 1]), 1.0)
+    before = set(seen_classes(world, key_times, cfg))
+    assert before != set(CLASS_RANGE)  # this scene's random traffic lacks some classes
+    full, missing = ensure_all_classes(world, np.random.default_rng(5), key_times, cfg)
+    assert missing == set() and set(seen_classes(full, key_times, cfg)) == set(CLASS_RANGE)
+    assert len(full.agents) > len(world.agents) and full.road is world.road
+    assert full.static_prims is world.static_prims
+    with pytest.raises(ConfigError):
+        SynthConfig(all_classes="yes")
+
+
 def test_num_lidar_pts_matches_devkit_points_in_box(nusc):
     """num_lidar_pts equals devkit's points_in_box count on the keyframe sweep (global frame)."""
     from nuscenes.utils.geometry_utils import points_in_box

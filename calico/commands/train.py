@@ -1,0 +1,68 @@
+"""``calico train pretrain-prc``: PRC pre-training of the PointPillars backbone on a store version.
+
+Register in ``calico/cli.py`` with ``app.add_typer(train.app, name="train")``. Also runnable on its own (and
+through ``torchrun``): ``python -m calico.commands.train pretrain-prc --store S ...``.
+Heavy imports happen inside the command.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(help="Pre-train and fine-tune on a region-cache store.", no_args_is_help=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Pre-train and fine-tune on a region-cache store (a group, so that `pretrain-prc` stays a subcommand)."""
+
+
+@app.command("pretrain-prc")
+def pretrain_prc(
+    store: Path = typer.Option(..., "--store", help="Store folder written by `calico preprocess run`."),
+    version: Optional[str] = typer.Option(None, "--version", help="Store version id or unique prefix "
+                                                                  "(default: the latest)."),
+    out: Path = typer.Option(Path("runs/prc"), "--out", help="Run folder: checkpoints, metrics.jsonl, loss.png."),
+    preset: str = typer.Option("small", "--preset", help="small (CPU, tiny grid) or nuscenes (+-51.2 m, 0.2 m)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (optim.max_steps)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Scans per step and process."),
+    overrides: Optional[List[str]] = typer.Option(
+        None, "--set", help="Config override key=value (repeatable), e.g. --set optim.lr=3e-4."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
+) -> None:
+    """Train PRC (point-region contrast) for --steps steps; resumes from --out's latest checkpoint.
+    Several processes: `torchrun --nproc-per-node 2 -m calico.commands.train pretrain-prc ...`."""
+    from shared.errors import ConfigError
+    from train.config import PRESETS, with_overrides
+    from train.loop import pretrain_prc as run
+
+    if preset not in PRESETS:
+        raise ConfigError("--preset", preset, f"must be one of {', '.join(PRESETS)}")
+    sets = [f"data.store={str(store)!r}", f"data.version={version!r}"]
+    if steps is not None:
+        sets.append(f"optim.max_steps={steps}")
+    if batch_size is not None:
+        sets.append(f"data.batch_size={batch_size}")
+    cfg = with_overrides(PRESETS[preset](), sets + list(overrides or []))
+    summary = run(cfg, out, resume=resume)
+    if summary["rank"] == 0:
+        typer.echo(json.dumps(summary))
+
+
+def main() -> None:
+    import sys
+
+    from shared.errors import CalicoError
+
+    try:
+        app()
+    except CalicoError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
