@@ -7,7 +7,9 @@
 4. ``calico preprocess verify``, ``calico catalog stats`` and ``calico catalog report``: check the store, audit it
    per scene and write its HTML report (plots and bird's-eye pictures of regions, read back through
    ``data_catalog``);
-5. score the ground truth of the validation split with nuscenes-devkit's DetectionEval (a check that the
+5. ``calico train pretrain-prc``: a short PRC pre-training schedule of the PointPillars backbone on the store
+   (the CPU ``small`` preset), reading the store through ``data_catalog`` only; the loss curve is plotted;
+6. score the ground truth of the validation split with nuscenes-devkit's DetectionEval (a check that the
    generated data and the evaluation path agree).
 
 Run it twice: the second run reuses the dataset and the store version (nothing is recomputed).
@@ -27,10 +29,13 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the generated dataset and of the augmentations."),
     backend: str = typer.Option("auto", help="Compute backend: auto, cpu or gpu."),
     workers: int = typer.Option(2, help="Dask worker processes for the preprocessing stage."),
+    train_steps: int = typer.Option(40, help="PRC pre-training steps (the CPU 'small' preset; 0 skips training)."),
     evaluate: bool = typer.Option(True, help="Run nuscenes-devkit's DetectionEval on the ground truth."),
 ) -> None:
     """Generate a small synthetic nuScenes dataset and run the pipeline on it end to end."""
     from rich.console import Console
+
+    import numpy as np
 
     from calico.commands.store import stats as catalog_stats
     from data_catalog.report import ReportConfig, write_report
@@ -50,12 +55,12 @@ def demo(
     made = json.loads(marker.read_text()) if marker.is_file() else {}
     if made.get("preset") == preset and made.get("seed") == seed and dataroot.is_dir():
         version = made["version"]
-        console.print(f"[1/5] reusing the generated '{preset}' dataset at {dataroot} ({version})")
+        console.print(f"[1/6] reusing the generated '{preset}' dataset at {dataroot} ({version})")
     else:
         if dataroot.exists():
             raise typer.BadParameter(f"{dataroot} exists but holds another dataset than preset={preset} "
                                      f"seed={seed}; remove it or choose another --workdir", param_hint="--workdir")
-        console.print(f"[1/5] generating the '{preset}' synthetic nuScenes dataset into {dataroot}")
+        console.print(f"[1/6] generating the '{preset}' synthetic nuScenes dataset into {dataroot}")
         dataroot, version = generate(dataroot, preset=preset, seed=seed, progress=True)
         marker.write_text(json.dumps({"preset": preset, "seed": seed, "version": version}))
 
@@ -63,12 +68,12 @@ def demo(
     nusc = open_nuscenes(dataroot, version)
     scenes = list(iter_scenes(nusc))
     n_key = sum(len(list(iter_lidar_tokens(nusc, s, keyframes_only=True))) for s in scenes)
-    console.print(f"[2/5] nuscenes-devkit loaded {version}: {len(scenes)} scenes, {n_key} keyframe sweeps, "
+    console.print(f"[2/6] nuscenes-devkit loaded {version}: {len(scenes)} scenes, {n_key} keyframe sweeps, "
                   f"{len(nusc.sample_annotation)} annotations")
 
     # 3. the preprocessing stage into a versioned store
     store = workdir / "store"
-    console.print(f"[3/5] preprocessing the keyframe sweeps into {store} ({workers} Dask workers, "
+    console.print(f"[3/6] preprocessing the keyframe sweeps into {store} ({workers} Dask workers, "
                   f"{backend.upper()} backend)")
     summary = run_stage(dataroot, version, store, SweepConfig(), sweeps="keyframes", backend=backend, seed=seed,
                         workers=workers, progress=True, log=lambda *a: console.print(*a), argv=sys.argv)
@@ -82,18 +87,34 @@ def demo(
         for line in report.lines():
             console.print(line)
         raise typer.Exit(1)
-    console.print("[4/5] store verified (every shard matches its manifest); calico catalog stats:")
+    console.print("[4/6] store verified (every shard matches its manifest); calico catalog stats:")
     catalog_stats(store=store, version=summary.version, as_json=False)
     page = write_report(store, summary.version, workdir / "reports", ReportConfig(n_sweeps=2))
     console.print(f"      report: {page.path}")
 
-    # 5. the evaluation path
+    # 5. PRC pre-training, a short schedule (resumes from its last checkpoint when run again)
+    if train_steps > 0:
+        from train.config import small, with_overrides
+        from train.loop import pretrain_prc, read_metrics
+
+        run_dir = workdir / "runs" / f"prc-{summary.version}"
+        cfg = with_overrides(small(str(store), summary.version), [f"optim.max_steps={train_steps}",
+                                                                   f"ckpt_every={max(1, train_steps // 2)}"])
+        console.print(f"[5/6] PRC pre-training: {train_steps} steps of the 'small' preset into {run_dir}")
+        result = pretrain_prc(cfg, run_dir)
+        rows = read_metrics(run_dir / "metrics.jsonl")
+        k = max(1, len(rows) // 5)
+        first, last = (float(np.mean([r["loss"] for r in part])) for part in (rows[:k], rows[-k:]))
+        console.print(f"      step {result['step']}: mean loss of the first {k} steps {first:.3f}, of the last "
+                      f"{k} steps {last:.3f} (loss curve: {run_dir / 'loss.png'})")
+
+    # 6. the evaluation path
     if evaluate:
         from shared.nuscenes_io import evaluate_detection, gt_submission
 
         split = "mini_val" if "mini" in version else "val"
         metrics = evaluate_detection(nusc, gt_submission(nusc, split), split, workdir / "eval")
-        console.print(f"[5/5] DetectionEval ({split}) of the ground truth: mAP {metrics['mean_ap']:.3f}, "
+        console.print(f"[6/6] DetectionEval ({split}) of the ground truth: mAP {metrics['mean_ap']:.3f}, "
                       f"NDS {metrics['nd_score']:.3f}")
     console.print(f"[green]demo finished[/green]: outputs under {workdir}; try "
                   f"`calico catalog show --store {store}`")
