@@ -18,7 +18,9 @@ Read top to bottom:
    * ``class_acc`` / ``class_bacc``: a linear probe (``StandardScaler`` + ``LogisticRegression``) fitted on the
      train scenes' points, accuracy / balanced accuracy on the test scenes' points;
    * ``region_nn``: on the test scenes, no fitting: for each region point, is its nearest other region point of
-     the same sweep in feature space (cosine) in the same region? (mean over points).
+     the same sweep in feature space (cosine) in the same region? (mean over points). ``region_nn_far``: the
+     same with neighbours closer than ``nn_exclude_m`` (2 m) in xy left out (BEV features are smooth in space,
+     so the plain score is high even for random weights: mostly the spatially nearest point answers).
    ``chance_*`` give the references: the majority class of the train scenes, and the mean over points of the
    fraction of the other points of the sweep that share its region (a random neighbour's hit rate).
 4. :func:`compare`: both for a backbone with the checkpoint's config initialised as the run initialised it
@@ -46,20 +48,22 @@ from .config import TrainConfig
 CLASSES: tuple[str, ...] = ("background", "car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian",
                             "motorcycle", "bicycle", "traffic_cone", "barrier")
 
-SCORE_KEYS: tuple[str, ...] = ("class_acc", "class_bacc", "region_nn")
+SCORE_KEYS: tuple[str, ...] = ("class_acc", "class_bacc", "region_nn", "region_nn_far")
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     """points_per_sweep: points sampled per sweep (fewer when the sweep has fewer usable points); seed: sampling
     and the random backbone's seed (None: the checkpoint's ``data.seed``); use_head: read features through the
-    projection head (L2-normalised) instead of the BEV features; max_iter, C: the logistic regression's."""
+    projection head (L2-normalised) instead of the BEV features; max_iter, C: the logistic regression's;
+    nn_exclude_m: ``region_nn_far`` ignores neighbours closer than this in xy (metres, >= 0)."""
 
     points_per_sweep: int = 512
     seed: int = 0
     use_head: bool = False
     max_iter: int = 500
     C: float = 1.0
+    nn_exclude_m: float = 2.0
 
     def __post_init__(self):
         for name, lo in (("points_per_sweep", 2), ("seed", 0), ("max_iter", 1)):
@@ -68,6 +72,9 @@ class ProbeConfig:
                 raise ConfigError(f"probe.{name}", v, f"must be an integer >= {lo}")
         if not (isinstance(self.C, (int, float)) and np.isfinite(self.C) and self.C > 0):
             raise ConfigError("probe.C", self.C, "must be a finite number > 0")
+        if not (isinstance(self.nn_exclude_m, (int, float)) and np.isfinite(self.nn_exclude_m)
+                and self.nn_exclude_m >= 0):
+            raise ConfigError("probe.nn_exclude_m", self.nn_exclude_m, "must be a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -184,12 +191,16 @@ def split_scenes(scenes: list[str]) -> tuple[list[str], list[str]]:
     return names[:n_train], names[n_train:]
 
 
-def region_nn(feats: np.ndarray, region: np.ndarray) -> tuple[int, int, float]:
+def region_nn(feats: np.ndarray, region: np.ndarray, xy: np.ndarray | None = None, exclude_m: float = 0.0
+              ) -> tuple[int, int, float]:
     """Nearest-neighbour region retrieval within one sweep.
 
-    feats (K, C) float, region (K,) int. Over the region points (region >= 0) of which at least one other exists:
-    returns (hits, count, chance_sum): hits = points whose nearest other region point by cosine similarity is in
-    the same region; chance_sum = sum over points of the fraction of the other points sharing their region.
+    feats (K, C) float, region (K,) int, xy (K, 2) float metres (needed when ``exclude_m`` > 0). Candidates of a
+    point: the other region points (region >= 0) of the sweep, farther than ``exclude_m`` metres in xy from it
+    (BEV features are spatially smooth: this keeps plain spatial proximity from answering). Over the region
+    points with at least one candidate, returns (hits, count, chance_sum): hits = points whose candidate of
+    highest cosine similarity is in the same region; chance_sum = sum over points of the fraction of their
+    candidates that share their region.
     """
     sel = np.flatnonzero(region >= 0)
     if sel.size < 2:
@@ -197,19 +208,26 @@ def region_nn(feats: np.ndarray, region: np.ndarray) -> tuple[int, int, float]:
     f = feats[sel].astype(np.float64)
     f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     sim = f @ f.T
-    np.fill_diagonal(sim, -np.inf)
+    cand = ~np.eye(sel.size, dtype=bool)
+    if exclude_m > 0:
+        p = np.asarray(xy, np.float64)[sel]
+        cand &= ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1) > exclude_m ** 2
+    sim[~cand] = -np.inf
+    has = cand.any(1)
     r = region[sel]
-    hits = int((r[np.argmax(sim, axis=1)] == r).sum())
-    same = (r[:, None] == r[None, :]).sum(1) - 1
-    return hits, int(sel.size), float((same / (sel.size - 1)).sum())
+    same = r[:, None] == r[None, :]
+    hits = int((r[np.argmax(sim, axis=1)] == r)[has].sum())
+    chance = (same & cand).sum(1)[has] / cand.sum(1)[has]
+    return hits, int(has.sum()), float(chance.sum())
 
 
 def scores(features: list[np.ndarray], sweeps: list[SweepPoints], train: list[str], test: list[str],
            cfg: ProbeConfig = ProbeConfig()) -> dict:
     """Linear-probe class accuracy / balanced accuracy (fit on ``train`` scenes, scored on ``test``) and region
     nearest-neighbour accuracy (``test`` scenes); see the module docstring. Values in [0, 1] (NaN when the test
-    scenes have no labelled point of the kind). Also ``n_train``, ``n_test`` (class-labelled points), ``n_region``
-    (region points scored), ``chance_class_acc``, ``chance_region_nn``."""
+    scenes have no labelled point of the kind). Also ``n_train``, ``n_test`` (class-labelled points), ``n_region_nn``
+    / ``n_region_nn_far`` (region points scored), ``chance_class_acc``, ``chance_region_nn``,
+    ``chance_region_nn_far``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
@@ -241,14 +259,16 @@ def scores(features: list[np.ndarray], sweeps: list[SweepPoints], train: list[st
         out.update(class_acc=float(accuracy_score(y_te, pred)),
                    class_bacc=float(balanced_accuracy_score(y_te, pred)),
                    chance_class_acc=float(np.mean(y_te == majority)))
-    hits = count = 0
-    chance = 0.0
-    for f, s in zip(features, sweeps):
-        if s.scene in test:
-            h, c, ch = region_nn(f, s.region)
-            hits, count, chance = hits + h, count + c, chance + ch
-    out.update(region_nn=hits / count if count else float("nan"),
-               chance_region_nn=chance / count if count else float("nan"), n_region=count)
+    for key, excl in (("region_nn", 0.0), ("region_nn_far", cfg.nn_exclude_m)):
+        hits = count = 0
+        chance = 0.0
+        for f, s in zip(features, sweeps):
+            if s.scene in test:
+                h, c, ch = region_nn(f, s.region, s.points[s.idx, :2], excl)
+                hits, count, chance = hits + h, count + c, chance + ch
+        out[key] = hits / count if count else float("nan")
+        out["chance_" + key] = chance / count if count else float("nan")
+        out["n_" + key] = count
     return out
 
 
@@ -310,7 +330,7 @@ def compare(checkpoint: str | Path, store: str | Path, version: str | None = Non
     sweeps = collect_points(sv, nusc, tcfg.prc.backbone.point_range, cfg)
     out = {"train_scenes": train, "test_scenes": test, "store_version": sv.id, "checkpoint": str(checkpoint),
            "checkpoint_step": int(state["step"]), "checkpoint_store_version": state.get("store_version"),
-           "use_head": cfg.use_head, "points_per_sweep": cfg.points_per_sweep}
+           "use_head": cfg.use_head, "points_per_sweep": cfg.points_per_sweep, "nn_exclude_m": cfg.nn_exclude_m}
     for name, model in (("random", rnd), ("pretrained", pre)):
         out[name] = scores(point_features(model, sweeps, cfg.use_head), sweeps, train, test, cfg)
     return out
@@ -320,11 +340,13 @@ def format_table(result: dict) -> str:
     """A small text table: rows = scores, columns = random, pre-trained, chance."""
     rows = [("linear probe accuracy (classes)", "class_acc", "chance_class_acc"),
             ("linear probe balanced accuracy", "class_bacc", None),
-            ("region nearest-neighbour accuracy", "region_nn", "chance_region_nn")]
+            ("region nearest-neighbour accuracy", "region_nn", "chance_region_nn"),
+            (f"  same, neighbours > {result.get('nn_exclude_m', 0):g} m away", "region_nn_far",
+             "chance_region_nn_far")]
     r, p = result["random"], result["pretrained"]
     lines = [f"store version {result['store_version']}, checkpoint step {result['checkpoint_step']}, "
              f"train scenes {', '.join(result['train_scenes'])}, held-out {', '.join(result['test_scenes'])}",
-             f"points: {p['n_train']} train / {p['n_test']} held-out class-labelled, {p['n_region']} region points",
+             f"points: {p['n_train']} train / {p['n_test']} held-out class-labelled, {p['n_region_nn']} region points",
              f"{'score':36s} {'random':>8s} {'pre-trained':>12s} {'chance':>8s}"]
     for label, key, chance in rows:
         ch = f"{r[chance]:8.3f}" if chance else f"{'-':>8s}"

@@ -52,6 +52,28 @@ def pretrain_prc(
         typer.echo(json.dumps(summary))
 
 
+@app.command("probe")
+def probe(
+    store: Path = typer.Option(..., "--store", help="Store folder to probe on (scenes split train / held-out)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A PRC checkpoint file, or a run folder (its latest)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Store version id or unique prefix "
+                                                                  "(default: the latest)."),
+    dataroot: Optional[Path] = typer.Option(None, "--dataroot", help="nuScenes dataroot for the annotations "
+                                                                     "(default: the one the store version records)."),
+    points: int = typer.Option(512, "--points", help="Points sampled per sweep."),
+    head: bool = typer.Option(False, "--head/--no-head", help="Features through the projection head."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+) -> None:
+    """Linear probe (object classes) and nearest-neighbour (regions) accuracy on held-out scenes of a
+    pre-trained backbone against the same backbone randomly initialised."""
+    from train.probe import ProbeConfig, compare, format_table
+
+    result = compare(checkpoint, store, version=version, dataroot=dataroot,
+                     cfg=ProbeConfig(points_per_sweep=points, seed=seed, use_head=head))
+    typer.echo(json.dumps(result) if as_json else format_table(result))
+
+
 def main() -> None:
     import sys
 
