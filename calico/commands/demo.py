@@ -4,8 +4,8 @@
 2. read it through nuscenes-devkit (scenes, keyframes, the LiDAR -> camera chains);
 3. ``calico preprocess run``: the Dask stage preprocesses every keyframe sweep (ground removal, DBSCAN, semantic
    pooling, projection into the six cameras, two-view augmentation parameters) into a versioned store;
-4. ``calico preprocess verify``, ``calico catalog stats`` and ``calico catalog report``: check the store, audit it
-   per scene and write its HTML report (plots and bird's-eye pictures of regions, read back through
+4. ``calico preprocess verify``, ``calico catalog show``, ``stats`` and ``report``: check the store, show its
+   configuration and lineage, audit it per scene and write its HTML report (plots and bird's-eye pictures of regions, read back through
    ``data_catalog``);
 5. ``calico train pretrain-prc``: a short PRC pre-training schedule of the PointPillars backbone on the store
    (the CPU ``small`` preset), reading the store through ``data_catalog`` only; the loss curve is plotted;
@@ -37,6 +37,7 @@ def demo(
 
     import numpy as np
 
+    from calico.commands.store import show as catalog_show
     from calico.commands.store import stats as catalog_stats
     from data_catalog.report import ReportConfig, write_report
     from data_catalog.verify import verify_version
@@ -87,7 +88,8 @@ def demo(
         for line in report.lines():
             console.print(line)
         raise typer.Exit(1)
-    console.print("[4/6] store verified (every shard matches its manifest); calico catalog stats:")
+    console.print("[4/6] store verified (every shard matches its manifest); calico catalog show, stats, report:")
+    catalog_show(store=store, version=summary.version, as_json=False)
     catalog_stats(store=store, version=summary.version, as_json=False)
     page = write_report(store, summary.version, workdir / "reports", ReportConfig(n_sweeps=2))
     console.print(f"      report: {page.path}")
