@@ -15,7 +15,9 @@ load-dependent; never used by the tests.
 """
 from __future__ import annotations
 
-import _common  # noqa: F401  (thread limits before numpy loads)
+import _common
+
+_common.limit_threads(1, pin=False)  # numpy/BLAS single-threaded; torch's intra-op threads: --threads
 
 import argparse
 import statistics

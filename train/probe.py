@@ -16,7 +16,8 @@ Read top to bottom:
    sampled points (:func:`train.bev.sample_bev_batched`), optionally through the projection head.
 3. :func:`scores`: scenes are split (sorted by name: the first ``max(1, n // 2)`` train, the others test);
    * ``class_acc`` / ``class_bacc``: a linear probe (``StandardScaler`` + ``LogisticRegression``) fitted on the
-     train scenes' points, accuracy / balanced accuracy on the test scenes' points;
+     train scenes' points, accuracy / balanced accuracy on the test scenes' points; ``object_bacc``: the same
+     predictions read as object (any detection class) vs background, balanced accuracy;
    * ``region_nn``: on the test scenes, no fitting: for each region point, is its nearest other region point of
      the same sweep in feature space (cosine) in the same region? (mean over points). ``region_nn_far``: the
      same with neighbours closer than ``nn_exclude_m`` (2 m) in xy left out (BEV features are smooth in space,
@@ -31,6 +32,7 @@ The dataroot (for the annotations) is the store version's ``dataset.dataroot`` u
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +50,7 @@ from .config import TrainConfig
 CLASSES: tuple[str, ...] = ("background", "car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian",
                             "motorcycle", "bicycle", "traffic_cone", "barrier")
 
-SCORE_KEYS: tuple[str, ...] = ("class_acc", "class_bacc", "region_nn", "region_nn_far")
+SCORE_KEYS: tuple[str, ...] = ("class_acc", "class_bacc", "object_bacc", "region_nn", "region_nn_far")
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,7 @@ def scores(features: list[np.ndarray], sweeps: list[SweepPoints], train: list[st
     scenes have no labelled point of the kind). Also ``n_train``, ``n_test`` (class-labelled points), ``n_region_nn``
     / ``n_region_nn_far`` (region points scored), ``chance_class_acc``, ``chance_region_nn``,
     ``chance_region_nn_far``."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
@@ -248,16 +251,23 @@ def scores(features: list[np.ndarray], sweeps: list[SweepPoints], train: list[st
     classes, counts = np.unique(y_tr, return_counts=True)
     majority = classes[np.argmax(counts)]
     if y_te.size == 0:
-        out.update(class_acc=float("nan"), class_bacc=float("nan"), chance_class_acc=float("nan"))
+        out.update(class_acc=float("nan"), class_bacc=float("nan"), object_bacc=float("nan"),
+                   chance_class_acc=float("nan"))
     else:
         if classes.size == 1:  # nothing to fit: the only class seen
             pred = np.full(y_te.size, majority)
         else:
             clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=cfg.max_iter, C=cfg.C))
-            clf.fit(x_tr, y_tr)
+            with warnings.catch_warnings():  # convergence on tiny data; not an error of the probe
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(x_tr, y_tr)
             pred = clf.predict(x_te)
-        out.update(class_acc=float(accuracy_score(y_te, pred)),
-                   class_bacc=float(balanced_accuracy_score(y_te, pred)),
+        with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected across scenes
+            warnings.simplefilter("ignore", UserWarning)
+            bacc = float(balanced_accuracy_score(y_te, pred))
+            obj = float(balanced_accuracy_score(y_te >= 1, pred >= 1)) if np.unique(y_te >= 1).size == 2 \
+                else float(np.mean((y_te >= 1) == (pred >= 1)))
+        out.update(class_acc=float(accuracy_score(y_te, pred)), class_bacc=bacc, object_bacc=obj,
                    chance_class_acc=float(np.mean(y_te == majority)))
     for key, excl in (("region_nn", 0.0), ("region_nn_far", cfg.nn_exclude_m)):
         hits = count = 0
@@ -340,12 +350,13 @@ def format_table(result: dict) -> str:
     """A small text table: rows = scores, columns = random, pre-trained, chance."""
     rows = [("linear probe accuracy (classes)", "class_acc", "chance_class_acc"),
             ("linear probe balanced accuracy", "class_bacc", None),
+            ("  object vs background, balanced", "object_bacc", None),
             ("region nearest-neighbour accuracy", "region_nn", "chance_region_nn"),
             (f"  same, neighbours > {result.get('nn_exclude_m', 0):g} m away", "region_nn_far",
              "chance_region_nn_far")]
     r, p = result["random"], result["pretrained"]
-    lines = [f"store version {result['store_version']}, checkpoint step {result['checkpoint_step']}, "
-             f"train scenes {', '.join(result['train_scenes'])}, held-out {', '.join(result['test_scenes'])}",
+    lines = [(f"store version {result['store_version']}, checkpoint step {result['checkpoint_step']}, "
+              f"train scenes {', '.join(result['train_scenes'])}, held-out {', '.join(result['test_scenes'])}"),
              f"points: {p['n_train']} train / {p['n_test']} held-out class-labelled, {p['n_region_nn']} region points",
              f"{'score':36s} {'random':>8s} {'pre-trained':>12s} {'chance':>8s}"]
     for label, key, chance in rows:

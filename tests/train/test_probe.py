@@ -12,8 +12,22 @@ from data_catalog.reader import open_version
 from shared.errors import ConfigError, InputError
 from train.config import small, with_overrides
 from train.loop import pretrain_prc
-from train.probe import (CLASSES, SCORE_KEYS, ProbeConfig, SweepPoints, class_labels, collect_points, compare,
-                         load_model, open_annotations, point_features, region_nn, scores, split_scenes)
+from train.probe import (
+    CLASSES,
+    SCORE_KEYS,
+    ProbeConfig,
+    SweepPoints,
+    class_labels,
+    collect_points,
+    compare,
+    format_table,
+    load_model,
+    open_annotations,
+    point_features,
+    region_nn,
+    scores,
+    split_scenes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +145,7 @@ def test_scores_separable_features_give_one_and_noise_gives_chance_level():
     train, test = split_scenes([s.scene for s in sweeps])
     out = scores(feats, sweeps, train, test, ProbeConfig(nn_exclude_m=0.5))
     assert set(SCORE_KEYS) <= set(out)
-    assert out["class_acc"] == 1.0 and out["class_bacc"] == 1.0 and out["region_nn"] == 1.0
+    assert out["class_acc"] == out["class_bacc"] == out["object_bacc"] == out["region_nn"] == 1.0
     assert out["n_train"] == out["n_test"] == 120
     sweeps, feats = _sweeps_with(lambda c, r, g: g.normal(size=(len(c), 7)))
     noise = scores(feats, sweeps, train, test)
@@ -173,5 +187,5 @@ def test_compare_end_to_end_and_cli(train_store, short_run):
     assert res.exit_code == 0, res.output
     got = json.loads(res.output)
     assert got["points_per_sweep"] == 32 and set(SCORE_KEYS) <= set(got["pretrained"])
-    res = CliRunner().invoke(app, ["probe", "--store", str(store), "--checkpoint", str(short_run), "--points", "32"])
-    assert res.exit_code == 0 and "pre-trained" in res.output and "linear probe" in res.output
+    table = format_table(out)
+    assert "pre-trained" in table and f"{out['pretrained']['region_nn']:.3f}" in table
