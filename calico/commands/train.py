@@ -1,7 +1,7 @@
 """``calico train pretrain-prc``: PRC pre-training of the PointPillars backbone on a store version.
 
-Register in ``calico/cli.py`` with ``app.add_typer(train.app, name="train")``. Also runnable on its own (and
-through ``torchrun``): ``python -m calico.commands.train pretrain-prc --store S ...``.
+Registered in ``calico/cli.py`` as ``calico train``; through ``torchrun``:
+``torchrun --standalone --nproc-per-node 2 -m calico train pretrain-prc --store S ...``.
 Heavy imports happen inside the command.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def pretrain_prc(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
 ) -> None:
     """Train PRC (point-region contrast) for --steps steps; resumes from --out's latest checkpoint.
-    Several processes: `torchrun --nproc-per-node 2 -m calico.commands.train pretrain-prc ...`."""
+    Several processes: `torchrun --nproc-per-node 2 -m calico train pretrain-prc ...`."""
     from shared.errors import ConfigError
     from train.config import PRESETS, with_overrides
     from train.loop import pretrain_prc as run
@@ -72,19 +72,3 @@ def probe(
     result = compare(checkpoint, store, version=version, dataroot=dataroot,
                      cfg=ProbeConfig(points_per_sweep=points, seed=seed, use_head=head))
     typer.echo(json.dumps(result) if as_json else format_table(result))
-
-
-def main() -> None:
-    import sys
-
-    from shared.errors import CalicoError
-
-    try:
-        app()
-    except CalicoError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

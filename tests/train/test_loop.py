@@ -191,10 +191,10 @@ def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(train
             "--set", "data.n_less=64", "--set", "data.global_batch=True", "--set", "deterministic=True",
             "--set", "optim.warmup_steps=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    one = [sys.executable, "-m", "calico.commands.train", "pretrain-prc", *sets, "--out", str(tmp_path / "one"),
+    one = [sys.executable, "-m", "calico", "train", "pretrain-prc", *sets, "--out", str(tmp_path / "one"),
            "--batch-size", "2"]
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "calico.commands.train", "pretrain-prc", *sets, "--out", str(tmp_path / "two"), "--batch-size", "1"]
+           "-m", "calico", "train", "pretrain-prc", *sets, "--out", str(tmp_path / "two"), "--batch-size", "1"]
     for cmd in (one, two):
         res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
         assert res.returncode == 0, res.stderr[-3000:]
