@@ -42,7 +42,8 @@ class PoolingConfig:
     """Cluster-filter thresholds (metres, square metres). All [proto] values except where noted.
 
     min_height_above_ground: drop if the highest point is below local ground + this (0.25).
-    max_height: drop if the highest point is above local ground + this (3.0; [ours]: local ground frame).
+    max_height: drop if the highest point is above local ground + this (4.84: the prototype's 3.0 m in the LiDAR
+        frame with the sensor 1.84 m above ground [proto], measured from the local ground plane [ours]).
     max_area, min_area: footprint (min-area rectangle) bounds (20, 0.25).
     min_side_ratio: drop if short/long side of the rectangle is below this (0.1).
     ego_box: half-size of the ego-vehicle square around the sensor in x and y (1.5).
