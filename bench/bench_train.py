@@ -33,6 +33,8 @@ def synthetic_batch(b: int, n_points: int, n_rich: int, n_less: int, half: float
     """A batch in the train.data contract (see train/prc.py) with ``b`` synthetic scans of ``n_points`` points."""
     import torch
 
+    from shared import augment_params
+
     rng = np.random.default_rng(seed)
     pts, bidx, reg, samples = [], [], [], []
     for s in range(b):
@@ -52,11 +54,8 @@ def synthetic_batch(b: int, n_points: int, n_rich: int, n_less: int, half: float
         samples.append(np.concatenate([rng.choice(n_blob, n_rich), n_blob + rng.choice(n_points - n_blob, n_less)])
                        + s * n_points)
     p0 = np.concatenate(pts).astype(np.float32)
-    ang, scale = rng.uniform(-np.pi / 2, np.pi / 2), rng.uniform(0.9, 1.1)
-    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-    p1 = p0.copy()
-    p1[:, :2] = (p0[:, :2] @ rot.T) * scale
-    p1[:, 2] *= scale
+    view = np.array([rng.uniform(-np.pi / 2, np.pi / 2), rng.uniform(0.9, 1.1), 0, 0, 0, 0, 0], np.float32)
+    p1 = augment_params.apply(p0, view).astype(np.float32)
     return {"points": torch.from_numpy(np.stack([p0, p1])), "batch_idx": torch.from_numpy(np.concatenate(bidx)),
             "region": torch.from_numpy(np.concatenate(reg)), "sample_idx": torch.from_numpy(np.stack(samples)),
             "sample_valid": torch.ones(b, n_rich + n_less, dtype=torch.bool), "batch_size": b}

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from shared import augment_params
 from shared.errors import ConfigError
 from train.bev import in_range, sample_bev, sample_bev_batched
 from train.losses import plrc_loss, rapc_loss
@@ -64,11 +65,8 @@ def make_batch(seed: int, cfg: PRCConfig, b: int = 2, points_per_scan: int = 100
         samples.append(np.concatenate([rng.choice(rich, cfg.n_rich), rng.choice(less, cfg.n_less)]) + offset)
         offset += points_per_scan
     p0 = np.concatenate(pts).astype(np.float32)
-    ang, scale = rng.uniform(-np.pi / 2, np.pi / 2), rng.uniform(0.9, 1.1)
-    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-    p1 = p0.copy()
-    p1[:, :2] = (p0[:, :2] @ rot.T) * scale
-    p1[:, 2] *= scale
+    view = np.array([rng.uniform(-np.pi / 2, np.pi / 2), rng.uniform(0.9, 1.1), 0, 0, 0, 0, 0], np.float32)
+    p1 = augment_params.apply(p0, view).astype(np.float32)
     return {"points": torch.from_numpy(np.stack([p0, p1])), "batch_idx": torch.from_numpy(np.concatenate(bidx)),
             "region": torch.from_numpy(np.concatenate(reg)), "sample_idx": torch.from_numpy(np.stack(samples)),
             "sample_valid": torch.ones(b, cfg.n_samples, dtype=torch.bool), "batch_size": b}
