@@ -1,4 +1,4 @@
-"""Plumbing shared by the benchmark scripts: thread pinning, the machine line, median timings.
+"""Plumbing shared by the benchmark scripts: thread pinning, the machine line, malloc tuning, median timings.
 
 Import this module first in a benchmark (``import _common`` from a script run as ``python bench/X.py``): the
 thread limits must be set before numpy or numba load their thread pools.
@@ -39,6 +39,22 @@ def machine() -> str:
             model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
     return (f"{model} ({platform.machine()}, {os.cpu_count()} logical CPUs), Python {platform.python_version()}, "
             f"numpy {np.__version__}")
+
+
+def add_malloc_option(ap) -> None:
+    """``--default-malloc``: leave glibc's malloc thresholds alone (default: tuned as the preprocessing workers)."""
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc thresholds alone (default: shared.malloc.tune_malloc, as the "
+                         "preprocessing workers run)")
+
+
+def setup_malloc(args) -> str:
+    """Apply ``--default-malloc`` (see :func:`add_malloc_option`); the line to print."""
+    if getattr(args, "default_malloc", False):
+        return "malloc: glibc defaults (--default-malloc)"
+    from shared.malloc import tune_malloc
+
+    return f"malloc: thresholds tuned as in the preprocessing workers (shared.malloc; applied: {tune_malloc()})"
 
 
 def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, float, object]:

@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20, help="timed runs of our kernels (median)")
     ap.add_argument("--ref-repeats", type=int, default=5,
                     help="timed runs of the reference tools (median; scikit-learn DBSCAN takes seconds)")
+    _common.add_malloc_option(ap)
     args = ap.parse_args(argv)
     if not (args.fixtures / "nuscenes").is_dir():
         print(f"fixtures not found at {args.fixtures} (pass --fixtures or set CALICO_FIXTURES)", file=sys.stderr)
@@ -62,8 +63,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
     from sklearn.cluster import DBSCAN
 
+    malloc = _common.setup_malloc(args)
     gcfg, ccfg, pcfg = GroundConfig(), ClusterConfig(), PoolingConfig()
     print(f"machine: {_common.machine()}")
+    print(malloc)
     print(f"command: python {' '.join(sys.argv)}  (threads: 1; ours x{args.repeats}, reference x{args.ref_repeats})")
     summary = []
     for title, rel in SCANS:

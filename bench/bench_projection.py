@@ -50,13 +50,15 @@ def numpy_batched(points, cameras, cfg=ProjectConfig()):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=200)
+    _common.add_malloc_option(ap)
     args = ap.parse_args()
+    malloc = _common.setup_malloc(args)
     fx = fixtures_dir()
     cases = [
         ("n015 nuScenes, 6 cams", fx / f"{N015}.pcd.bin", fx / f"{N015}.calib.json"),
         ("KITTI 000000, 1 cam", fx / "kitti/000000.bin", fx / "kitti/000000.calib.txt"),
     ]
-    print(f"machine: {_common.machine()}; single thread; median of {args.repeat}")
+    print(f"machine: {_common.machine()}; single thread; median of {args.repeat}; {malloc}")
     print()
     print("| sweep | points | pairs | ours (numba) ms | numpy batched ms | devkit view_points loop ms "
           "| devkit / ours |")

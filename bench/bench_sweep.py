@@ -43,7 +43,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="BLAS/Numba threads (read before numpy is imported)")
     ap.add_argument("--backend", default="cpu")
+    _common.add_malloc_option(ap)
     args = ap.parse_args()
+    malloc = _common.setup_malloc(args)
     fx = fixtures_dir()
     cases = [
         ("n015 nuScenes + 6 cams", fx / f"{N015}.pcd.bin", fx / f"{N015}.calib.json"),
@@ -53,7 +55,7 @@ def main() -> None:
          fx / "kitti/mmdet3d_demo_000008.calib.json"),
     ]
     print(f"machine: {_common.machine()}; threads {args.threads}; "
-          f"backend {args.backend}; median of {args.repeat} runs (ms)")
+          f"backend {args.backend}; median of {args.repeat} runs (ms); {malloc}")
     print()
     cfg = SweepConfig()
     head = ["sweep", "points", *STAGES, "total", "sklearn DBSCAN", "devkit projection", "regions"]

@@ -32,8 +32,10 @@ lacks), ``cam_size`` int32 (S, C, 2). Per region: ``region_id`` int16, ``region_
 Group attributes: format version, scene, sweep tokens, channels, scales, feature count.
 
 Arrays are chunked in pieces of about :data:`CHUNK_BYTES` (uncompressed) along the first axis, compressed
-with Blosc(lz4, byte shuffle), and every array whose data spans several chunks is written as one Zarr
-shard (the sharding codec), so a scene's array is one file that a reader still slices chunk by chunk.
+with Blosc(lz4, byte shuffle) (arrays under :data:`COMPRESS_MIN_BYTES` are stored raw), and every array whose
+data spans several chunks is written as one Zarr shard (the sharding codec), so a scene's array is one file that
+a reader still slices chunk by chunk. The arrays of a shard are written concurrently in one call into zarr's
+event loop.
 """
 from __future__ import annotations
 
@@ -45,11 +47,13 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from numba import njit
 
 from data_catalog.version import FORMAT_VERSION, canonical_json, sha256_file
 from shared.errors import InputError
@@ -64,6 +68,8 @@ UV_SCALE = 0.125
 DEPTH_SCALE = 0.01
 #: Target uncompressed chunk size.
 CHUNK_BYTES = 2 << 20
+#: Arrays smaller than this (uncompressed) are stored without compression.
+COMPRESS_MIN_BYTES = 64 << 10
 
 FLAG_GROUND = np.uint8(1)
 FLAG_FINITE = np.uint8(2)
@@ -115,19 +121,60 @@ def errors_schema():
 # ----------------------------------------------------------------------------------------------------------
 
 
+@njit(cache=True)
+def _quantise_kernel(xyz, ground, use_ground, inv_scale, q, flags):
+    """One pass over xyz (N, >= 3): q (N, 3) int16 (0 where not finite), flags (N,) uint8 (ground if
+    use_ground, finite, clipped). Returns the number of clipped points."""
+    n_clipped = 0
+    for i in range(xyz.shape[0]):
+        x = np.float64(xyz[i, 0])
+        y = np.float64(xyz[i, 1])
+        z = np.float64(xyz[i, 2])
+        f = np.uint8(0)
+        if use_ground and ground[i]:
+            f |= FLAG_GROUND
+        if np.isfinite(x) and np.isfinite(y) and np.isfinite(z):
+            f |= FLAG_FINITE
+            clip = False
+            for k in range(3):
+                v = np.rint(np.float64(xyz[i, k]) * inv_scale)
+                if v > 32767.0:
+                    v = 32767.0
+                    clip = True
+                elif v < -32767.0:
+                    v = -32767.0
+                    clip = True
+                q[i, k] = np.int16(v)
+            if clip:
+                f |= FLAG_CLIPPED
+                n_clipped += 1
+        else:
+            q[i, 0] = 0
+            q[i, 1] = 0
+            q[i, 2] = 0
+        flags[i] = f
+    return n_clipped
+
+
+def _check_xyz(xyz: np.ndarray) -> np.ndarray:
+    xyz = np.asarray(xyz)
+    if xyz.ndim != 2 or xyz.shape[1] < 3:
+        raise InputError(f"points must be an (N, >= 3) array, got shape {xyz.shape}")
+    if xyz.dtype not in (np.float32, np.float64):
+        xyz = xyz.astype(np.float64)
+    return xyz
+
+
 def quantise_xyz(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, 3) float -> (int16 (N, 3) in XYZ_SCALE units, finite (N,) bool, clipped (N,) bool).
 
     Non-finite points are stored as 0; finite coordinates beyond +-XYZ_LIMIT are clipped.
     """
-    s = np.array(xyz, dtype=np.float64)  # a copy, scaled in place below
-    finite = np.isfinite(s).all(axis=1)
-    s[~finite] = 0.0
-    s *= 1.0 / XYZ_SCALE
-    np.rint(s, out=s)
-    clipped = (np.abs(s) > 32767).any(axis=1)
-    np.clip(s, -32767, 32767, out=s)
-    return s.astype(np.int16), finite, clipped
+    xyz = _check_xyz(xyz)
+    q = np.empty((xyz.shape[0], 3), np.int16)
+    flags = np.empty(xyz.shape[0], np.uint8)
+    _quantise_kernel(xyz, np.zeros(0, np.bool_), False, 1.0 / XYZ_SCALE, q, flags)
+    return q, (flags & FLAG_FINITE) != 0, (flags & FLAG_CLIPPED) != 0
 
 
 def dequantise_xyz(q: np.ndarray) -> np.ndarray:
@@ -135,34 +182,140 @@ def dequantise_xyz(q: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) * np.float32(XYZ_SCALE)
 
 
-def _to_uint16(values: np.ndarray, scale: float, what: str) -> np.ndarray:
-    q = np.round(np.asarray(values, dtype=np.float64) / scale)
-    if q.size and (q.min() < 0 or q.max() > 65535):
+@njit(cache=True)
+def _uint16_kernel(values, scale, clamp, out):
+    """out (same shape, uint16) = round-half-even(min(values, clamp) / scale) (float64 division), as
+    ``np.round``; returns False (out partly written) as soon as a value falls outside [0, 65535]."""
+    v = values.reshape(-1)
+    o = out.reshape(-1)
+    for i in range(v.shape[0]):
+        q = np.rint(np.float64(min(v[i], clamp)) / scale)
+        if not (q >= 0.0 and q <= 65535.0):
+            return False
+        o[i] = np.uint16(q)
+    return True
+
+
+def _to_uint16(values: np.ndarray, scale: float, what: str, clamp: float = np.inf) -> np.ndarray:
+    """Quantise ``values`` (any shape, float) to uint16 units of ``scale`` after clamping them to ``clamp``
+    (compared in the values' own dtype); InputError naming ``what`` if one falls outside the uint16 range."""
+    values = np.ascontiguousarray(values)
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    out = np.empty(values.shape, np.uint16)
+    if not _uint16_kernel(values, float(scale), values.dtype.type(clamp), out):
         raise InputError(f"{what} out of the store's range [0, {65535 * scale}] (scale {scale})")
-    return q.astype(np.uint16)
+    return out
+
+
+@njit(cache=True)
+def _half_bits(f):
+    """IEEE binary16 bits (uint16) of the binary32 bits ``f`` (uint32), rounding to nearest even: the
+    algorithm of numpy's ``npy_floatbits_to_halfbits`` (tested bit for bit against ``astype(np.float16)``)."""
+    h_sgn = np.uint32((f & np.uint32(0x80000000)) >> np.uint32(16))
+    f_exp = f & np.uint32(0x7F800000)
+    if f_exp >= np.uint32(0x47800000):  # overflow, inf or NaN
+        if f_exp == np.uint32(0x7F800000):
+            f_sig = f & np.uint32(0x007FFFFF)
+            if f_sig != 0:  # NaN: keep the top of the payload, stay a NaN
+                ret = np.uint32(0x7C00) + (f_sig >> np.uint32(13))
+                if ret == np.uint32(0x7C00):
+                    ret += np.uint32(1)
+                return np.uint16(h_sgn + ret)
+        return np.uint16(h_sgn + np.uint32(0x7C00))  # inf, or overflow to inf
+    if f_exp <= np.uint32(0x38000000):  # subnormal half or signed zero
+        if f_exp < np.uint32(0x33000000):
+            return np.uint16(h_sgn)
+        e = f_exp >> np.uint32(23)
+        f_sig = np.uint32(0x00800000) + (f & np.uint32(0x007FFFFF))
+        f_sig >>= np.uint32(113) - e
+        if (f_sig & np.uint32(0x00003FFF)) != np.uint32(0x00001000) or (f & np.uint32(0x000007FF)) != 0:
+            f_sig += np.uint32(0x00001000)
+        return np.uint16(h_sgn + (f_sig >> np.uint32(13)))
+    h_exp = (f_exp - np.uint32(0x38000000)) >> np.uint32(13)
+    f_sig = f & np.uint32(0x007FFFFF)
+    if (f_sig & np.uint32(0x00003FFF)) != np.uint32(0x00001000):
+        f_sig += np.uint32(0x00001000)
+    return np.uint16(h_sgn + h_exp + (f_sig >> np.uint32(13)))
+
+
+@njit(cache=True)
+def _half_kernel(bits, col0, out):
+    """out (N, C - col0) uint16 = binary16 bits of the binary32 bits ``bits[:, col0:]`` (N, C) uint32."""
+    for i in range(bits.shape[0]):
+        for k in range(out.shape[1]):
+            out[i, k] = _half_bits(bits[i, col0 + k])
+
+
+def float16_columns(pts: np.ndarray, col0: int) -> np.ndarray:
+    """``pts[:, col0:].astype(np.float16)``, bit for bit; a Numba pass for float32 input (numpy's conversion
+    costs about 8 ns a value, 40 % of a sweep's encoding), numpy otherwise."""
+    if pts.dtype != np.float32:
+        return pts[:, col0:].astype(np.float16)
+    out = np.empty((pts.shape[0], pts.shape[1] - col0), np.uint16)
+    _half_kernel(pts.view(np.uint32), col0, out)
+    return out.view(np.float16)
+
+
+@njit(cache=True)
+def _region_kernel(xyz, region):
+    """Per region id present in ``region`` (N,) (ids >= 0, sorted): ids, counts, and the mean, min and max of
+    xyz (N, >= 3) over its points (float64; a non-finite point counts as the origin)."""
+    top = -1
+    for i in range(region.shape[0]):
+        top = max(top, region[i])
+    cnt = np.zeros(top + 1, np.int64)
+    acc = np.zeros((top + 1, 3))
+    lo = np.full((top + 1, 3), np.inf)
+    hi = np.full((top + 1, 3), -np.inf)
+    for i in range(region.shape[0]):
+        r = region[i]
+        if r < 0:
+            continue
+        fin = np.isfinite(xyz[i, 0]) and np.isfinite(xyz[i, 1]) and np.isfinite(xyz[i, 2])
+        cnt[r] += 1
+        for k in range(3):
+            v = np.float64(xyz[i, k]) if fin else 0.0
+            acc[r, k] += v
+            lo[r, k] = min(lo[r, k], v)
+            hi[r, k] = max(hi[r, k], v)
+    m = 0
+    for r in range(top + 1):
+        if cnt[r] > 0:
+            m += 1
+    ids = np.empty(m, np.int64)
+    counts = np.empty(m, np.int64)
+    mean = np.empty((m, 3))
+    mins = np.empty((m, 3))
+    maxs = np.empty((m, 3))
+    j = 0
+    for r in range(top + 1):
+        if cnt[r] == 0:
+            continue
+        ids[j] = r
+        counts[j] = cnt[r]
+        for k in range(3):
+            mean[j, k] = acc[r, k] / cnt[r]
+            mins[j, k] = lo[r, k]
+            maxs[j, k] = hi[r, k]
+        j += 1
+    return ids, counts, mean, mins, maxs
 
 
 def region_summaries(xyz: np.ndarray, region: np.ndarray) -> dict[str, np.ndarray]:
     """Per-region summaries of one sweep: ids int16 (R,), points int32 (R,), centroid/min/max float32 (R, 3).
 
-    xyz (N, 3) float, region (N,) int (-1 = none). Regions are sorted by id.
+    xyz (N, >= 3) float (a non-finite point counts as the origin), region (N,) int (-1 = none). Regions are
+    sorted by id.
     """
+    xyz = _check_xyz(xyz)
     region = np.asarray(region)
-    sel = np.flatnonzero(region >= 0)
-    ids, inverse, counts = np.unique(region[sel], return_inverse=True, return_counts=True)
-    r = ids.size
-    out = {"region_id": ids.astype(np.int16), "region_points": counts.astype(np.int32),
-           "region_centroid": np.zeros((r, 3), np.float32), "region_min": np.zeros((r, 3), np.float32),
-           "region_max": np.zeros((r, 3), np.float32)}
-    if r:
-        p = np.asarray(xyz, dtype=np.float64)[sel]
-        order = np.argsort(inverse, kind="stable")
-        ps = p[order]
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        out["region_centroid"] = (np.add.reduceat(ps, starts, axis=0) / counts[:, None]).astype(np.float32)
-        out["region_min"] = np.minimum.reduceat(ps, starts, axis=0).astype(np.float32)
-        out["region_max"] = np.maximum.reduceat(ps, starts, axis=0).astype(np.float32)
-    return out
+    if region.shape != (xyz.shape[0],) or not np.issubdtype(region.dtype, np.integer):
+        raise InputError(f"region must be an ({xyz.shape[0]},) integer array, got {region.shape} {region.dtype}")
+    ids, counts, mean, mins, maxs = _region_kernel(xyz, region)
+    return {"region_id": ids.astype(np.int16), "region_points": counts.astype(np.int32),
+            "region_centroid": mean.astype(np.float32), "region_min": mins.astype(np.float32),
+            "region_max": maxs.astype(np.float32)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,10 +357,12 @@ def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dic
     region = np.asarray(result.region, dtype=np.int16)
     if ground.shape != (n,) or region.shape != (n,):
         raise ValueError(f"sweep {sweep.token}: result arrays do not match the {n} points")
-    xyz_q, finite, clipped = quantise_xyz(pts[:, :3])
-    flags = (ground.astype(np.uint8) * FLAG_GROUND) | (finite.astype(np.uint8) * FLAG_FINITE) | (
-        clipped.astype(np.uint8) * FLAG_CLIPPED)
-    feats = pts[:, 3:].astype(np.float16)
+    if pts.dtype not in (np.float32, np.float64):
+        pts = pts.astype(np.float64)
+    xyz_q = np.empty((n, 3), np.int16)
+    flags = np.empty(n, np.uint8)
+    n_clipped = _quantise_kernel(pts, ground, True, 1.0 / XYZ_SCALE, xyz_q, flags)
+    feats = float16_columns(pts, 3)
     ncam = len(channels)
     intr = np.full((ncam, 3, 3), np.nan)
     l2c = np.full((ncam, 4, 4), np.nan)
@@ -230,7 +385,7 @@ def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dic
         p_point = np.asarray(proj.point, np.int32)
         p_cam = cmap[np.asarray(proj.cam, np.int64)].astype(np.uint8)
         p_uv = _to_uint16(proj.uv, UV_SCALE, f"sweep {sweep.token}: pixel coordinates")
-        p_depth = _to_uint16(np.minimum(proj.depth, 65535 * DEPTH_SCALE), DEPTH_SCALE, "depth")
+        p_depth = _to_uint16(proj.depth, DEPTH_SCALE, "depth", clamp=65535 * DEPTH_SCALE)
     else:
         p_point = np.zeros(0, np.int32)
         p_cam = np.zeros(0, np.uint8)
@@ -246,9 +401,20 @@ def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dic
         "ego2global": np.asarray(sweep.ego2global if sweep.ego2global is not None else eye, np.float64)[None],
         "cam_intrinsic": intr[None], "cam_lidar2cam": l2c[None], "cam_size": size[None],
     }
-    out.update(region_summaries(np.where(finite[:, None], pts[:, :3], 0.0), region))
-    out["_clipped"] = int(clipped.sum())
+    out.update(region_summaries(pts, region))
+    out["_clipped"] = int(n_clipped)
     return out
+
+
+def warm_up() -> None:
+    """Load (or compile) the encoder's Numba kernels on a tiny input, float32 and float64 (before timed work)."""
+    for dtype in (np.float32, np.float64):
+        pts = np.zeros((4, 5), dtype)
+        _quantise_kernel(pts, np.zeros(4, np.bool_), True, 1.0 / XYZ_SCALE, np.empty((4, 3), np.int16),
+                         np.empty(4, np.uint8))
+        _region_kernel(pts, np.zeros(4, np.int16))
+        _to_uint16(pts[:, :2], UV_SCALE, "warm-up")
+        float16_columns(pts, 3)
 
 
 POINT_ARRAYS = ("xyz", "flags", "region", "features")
@@ -270,8 +436,8 @@ def _compressors():
     return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
 
 
-def _write_array(group, name: str, data: np.ndarray) -> None:
-    data = np.ascontiguousarray(data)
+def _array_layout(data: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Chunks of about CHUNK_BYTES along the first axis; one shard holding all of them when there are several."""
     rows = data.shape[0]
     rest = tuple(data.shape[1:])
     row_bytes = max(1, data.dtype.itemsize * int(np.prod(rest, dtype=np.int64)))
@@ -279,10 +445,34 @@ def _write_array(group, name: str, data: np.ndarray) -> None:
     shards = None
     if rows > chunk_rows:
         shards = (math.ceil(rows / chunk_rows) * chunk_rows,) + rest
-    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(chunk_rows,) + rest,
-                             shards=shards, compressors=_compressors(), fill_value=0)
-    if data.size:
-        arr[...] = data
+    return (chunk_rows,) + rest, shards
+
+
+def _write_arrays(group, arrays: Mapping[str, np.ndarray]) -> None:
+    """Create and fill the arrays of a shard's Zarr group concurrently (one call into zarr's event loop: the
+    small per-sweep arrays no longer wait for each other's metadata and chunk writes)."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    agroup = group._async_group
+
+    async def one(name: str, data: np.ndarray) -> None:
+        data = np.ascontiguousarray(data)
+        chunks, shards = _array_layout(data)
+        # small arrays (per-sweep matrices, offsets, region summaries) are stored raw: Blosc's per-call cost
+        # (~1 ms) is most of their write time and saves a few kilobytes. write_empty_chunks: no
+        # comparison of every chunk with the fill value (a quarter of the write time); all chunks are written.
+        comp = _compressors() if data.nbytes >= COMPRESS_MIN_BYTES else None
+        arr = await agroup.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
+                                        compressors=comp, fill_value=0, config={"write_empty_chunks": True})
+        if data.size:
+            await arr.setitem(Ellipsis, data)
+
+    async def all_arrays() -> None:
+        await asyncio.gather(*(one(name, data) for name, data in arrays.items()))
+
+    sync(all_arrays())
 
 
 def _fsync(path: Path) -> None:
@@ -452,10 +642,8 @@ class ShardWriter:
         try:
             arrays = self._concat()
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            for name, data in arrays.items():
-                if name == "features" and data.shape[1] == 0:
-                    continue
-                _write_array(group, name, data)
+            _write_arrays(group, {name: data for name, data in arrays.items()
+                                  if not (name == "features" and data.shape[1] == 0)})
             group.attrs.update({
                 "calico_format_version": FORMAT_VERSION, "scene": self.scene, "tokens": self._tokens,
                 "channels": list(self.channels), "xyz_scale": XYZ_SCALE, "uv_scale": UV_SCALE,

@@ -34,6 +34,7 @@ False: the result is still defined.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -272,12 +273,13 @@ def _refine(pts, idx, n_idx, plane, thr, min_nz, out):
 
 
 @njit(cache=True)
-def _ransac(pts, cand, n_cand, score_idx, n_score, u, thr, min_nz, ref, band, min_cos, cx, cy, best):
+def _ransac(pts, cand, n_cand, sx, sy, sz, n_score, u, thr, min_nz, ref, band, min_cos, cx, cy, best):
     """RANSAC over hypotheses ``u`` (H, 3) uniform [0, 1) picking 3 points of ``cand[:n_cand]``.
 
     A hypothesis is valid if its unit normal has z >= min_nz and, when ``band > 0``, it passes within ``band`` of
     the reference plane ``ref`` at (cx, cy) with a normal within acos(min_cos) of ref's. Scored by inlier count
-    over ``pts[score_idx[:n_score]]``; the first best wins ties. Returns the best count (-1 if no valid
+    over the scoring points, gathered beforehand into contiguous ``sx, sy, sz[:n_score]`` (the counting loop
+    vectorises); the first best wins ties. Returns the best count (-1 if no valid
     hypothesis); the plane goes to ``best``.
     """
     best_cnt = -1
@@ -302,9 +304,9 @@ def _ransac(pts, cand, n_cand, score_idx, n_score, u, thr, min_nz, ref, band, mi
             if h[0] * ref[0] + h[1] * ref[1] + h[2] * ref[2] < min_cos:
                 continue
         cnt = 0
+        a, b, c, d = h[0], h[1], h[2], h[3]
         for k in range(n_score):
-            p = pts[score_idx[k]]
-            if abs(h[0] * p[0] + h[1] * p[1] + h[2] * p[2] + h[3]) <= thr:
+            if abs(a * sx[k] + b * sy[k] + c * sz[k] + d) <= thr:
                 cnt += 1
         if cnt > best_cnt:
             best_cnt = cnt
@@ -327,41 +329,26 @@ def _global_kernel(pts, max_fit, min_r2, u, thr, min_nz, fallback, out):
     stride = max(1, (n_far + max_fit - 1) // max_fit)
     m = (n_far + stride - 1) // stride
     idx = np.empty(m, np.int64)
+    sx = np.empty(m)
+    sy = np.empty(m)
+    sz = np.empty(m)
     for k in range(m):
-        idx[k] = far[k * stride]
+        i = far[k * stride]
+        idx[k] = i
+        sx[k] = pts[i, 0]
+        sy[k] = pts[i, 1]
+        sz[k] = pts[i, 2]
     best = np.empty(4)
     dummy = np.zeros(4)
     cnt = -1
     if m >= 3:
-        cnt = _ransac(pts, idx, m, idx, m, u, thr, min_nz, dummy, 0.0, -1.0, 0.0, 0.0, best)
+        cnt = _ransac(pts, idx, m, sx, sy, sz, m, u, thr, min_nz, dummy, 0.0, -1.0, 0.0, 0.0, best)
     if cnt < 3:
         for j in range(4):
             out[j] = fallback[j]
         return False
     _refine(pts, idx, m, best, thr, min_nz, out)
     return True
-
-
-@njit(cache=True)
-def _finite_rows(xyz):
-    """The rows of xyz (n, >=3) with finite x, y, z as a contiguous (m, 3) float64 array, and the mask (n,)."""
-    n = xyz.shape[0]
-    finite = np.empty(n, np.bool_)
-    m = 0
-    for i in range(n):
-        ok = np.isfinite(xyz[i, 0]) and np.isfinite(xyz[i, 1]) and np.isfinite(xyz[i, 2])
-        finite[i] = ok
-        if ok:
-            m += 1
-    pts = np.empty((m, 3))
-    k = 0
-    for i in range(n):
-        if finite[i]:
-            pts[k, 0] = xyz[i, 0]
-            pts[k, 1] = xyz[i, 1]
-            pts[k, 2] = xyz[i, 2]
-            k += 1
-    return pts, finite
 
 
 @njit(cache=True)
@@ -374,22 +361,39 @@ def _pseudo_angle(x, y):
     return p - 1.0 if y < 0 else 1.0 - p
 
 
+@functools.lru_cache(maxsize=16)
 def _sector_bounds(n_sectors: int) -> np.ndarray:
-    """Pseudo-angles of the sector boundaries -pi + k 2 pi / S, k = 1..S-1 (sector = boundaries <= angle)."""
+    """Pseudo-angles of the sector boundaries -pi + k 2 pi / S, k = 1..S-1 (sector = boundaries <= angle);
+    read-only (cached)."""
     ang = -math.pi + 2 * math.pi * np.arange(1, n_sectors) / n_sectors
-    return np.array([_pseudo_angle.py_func(math.cos(a), math.sin(a)) for a in ang], dtype=np.float64)
+    out = np.array([_pseudo_angle.py_func(math.cos(a), math.sin(a)) for a in ang], dtype=np.float64)
+    out.flags.writeable = False
+    return out
 
 
 @njit(cache=True)
-def _patch_of(pts, bounds, edges2):
-    """Patch ``ring * S + sector`` of each point: sector = number of ``bounds`` (S-1 pseudo-angles) <= the
-    point's pseudo-angle, ring = number of squared ring edges ``edges2`` <= x^2 + y^2."""
-    n = pts.shape[0]
+def _finite_patches(xyz, bounds, edges2):
+    """One pass over xyz (n, >=3): the rows with finite x, y, z as a contiguous (m, 3) float64 array, the finite
+    mask (n,), and the patch ``ring * S + sector`` (m,) int16 of each finite row: sector = number of ``bounds``
+    (S-1 pseudo-angles) <= the point's pseudo-angle, ring = number of squared ring edges ``edges2`` <= x^2 + y^2.
+    """
+    n = xyz.shape[0]
     n_sectors = bounds.shape[0] + 1
-    patch = np.empty(n, np.int64)
+    finite = np.empty(n, np.bool_)
+    pts = np.empty((n, 3))
+    patch = np.empty(n, np.int16)
+    m = 0
     for i in range(n):
-        x = pts[i, 0]
-        y = pts[i, 1]
+        x = np.float64(xyz[i, 0])
+        y = np.float64(xyz[i, 1])
+        z = np.float64(xyz[i, 2])
+        ok = np.isfinite(x) and np.isfinite(y) and np.isfinite(z)
+        finite[i] = ok
+        if not ok:
+            continue
+        pts[m, 0] = x
+        pts[m, 1] = y
+        pts[m, 2] = z
         a = _pseudo_angle(x, y)
         s = 0
         while s < bounds.shape[0] and a >= bounds[s]:
@@ -398,8 +402,11 @@ def _patch_of(pts, bounds, edges2):
         ring = 0
         while ring < edges2.shape[0] and r2 >= edges2[ring]:
             ring += 1
-        patch[i] = ring * n_sectors + s
-    return patch
+        patch[m] = ring * n_sectors + s
+        m += 1
+    if m < n:
+        return pts[:m].copy(), finite, patch[:m].copy()
+    return pts, finite, patch
 
 
 @njit(cache=True)
@@ -430,6 +437,9 @@ def _patch_kernel(pts, patch, n_sectors, edges, gplane, u, thr, min_nz, band, mi
     cand = np.empty(n, np.int64)
     score = np.empty(n, np.int64)
     hs = np.empty(n)
+    sx = np.empty(max_pts + 1)
+    sy = np.empty(max_pts + 1)
+    sz = np.empty(max_pts + 1)
     best = np.empty(4)
     ref = np.empty(4)
     for ring in range(n_rings):
@@ -465,6 +475,9 @@ def _patch_kernel(pts, patch, n_sectors, edges, gplane, u, thr, min_nz, band, mi
                 i = order[k]
                 q = pts[i]
                 score[n_s] = i
+                sx[n_s] = q[0]
+                sy[n_s] = q[1]
+                sz[n_s] = q[2]
                 hs[n_s] = ref[0] * q[0] + ref[1] * q[1] + ref[2] * q[2] + ref[3]
                 n_s += 1
             # follow the terrain: shift the reference to the low quantile of the heights (clamped)
@@ -483,7 +496,7 @@ def _patch_kernel(pts, patch, n_sectors, edges, gplane, u, thr, min_nz, band, mi
                 continue
             cx /= n_c
             cy /= n_c
-            c = _ransac(pts, cand, n_c, score, n_s, u[p], thr, min_nz, ref, band, min_cos, cx, cy, best)
+            c = _ransac(pts, cand, n_c, sx, sy, sz, n_s, u[p], thr, min_nz, ref, band, min_cos, cx, cy, best)
             if c < min_inl // stride or c < 3:
                 continue
             _refine(pts, score, n_s, best, thr, min_nz, planes[p])
@@ -531,28 +544,27 @@ def fit_ground(xyz: np.ndarray, cfg: GroundConfig = GroundConfig(), backend: str
     n = xyz.shape[0]
     if xyz.dtype not in (np.float32, np.float64):
         xyz = xyz.astype(np.float64)
-    pts, finite = _finite_rows(xyz)
+    edges = np.asarray(cfg.ring_edges, dtype=np.float64)
+    pts, finite, patch = _finite_patches(xyz, _sector_bounds(cfg.n_sectors), edges * edges)
     all_finite = len(pts) == n
     fallback = np.array([0.0, 0.0, 1.0, cfg.sensor_height])
     u_global, u_patch = _hypotheses(cfg, cfg.n_patches)
-    edges = np.asarray(cfg.ring_edges, dtype=np.float64)
     if backend == "gpu":
         gplane, gfit, planes, fitted, patch, height, mask = _fit_ground_gpu(pts, cfg, u_global, u_patch, fallback)
     else:
         gplane = np.empty(4)
         gfit = bool(_global_kernel(pts, cfg.max_fit_points, cfg.min_fit_range ** 2, u_global,
                                    cfg.distance_threshold, cfg.min_normal_z, fallback, gplane))
-        patch = _patch_of(pts, _sector_bounds(cfg.n_sectors), edges * edges)
         planes = np.empty((cfg.n_patches, 4))
         fitted = np.zeros(cfg.n_patches, np.bool_)
-        height = np.empty(pts.shape[0])
+        height = np.empty(pts.shape[0], np.float32)
         mask = np.empty(pts.shape[0], np.bool_)
         _patch_kernel(pts, patch, cfg.n_sectors, edges, gplane, u_patch, cfg.distance_threshold,
                       cfg.min_normal_z, cfg.patch_band, cfg.min_patch_cos, cfg.max_patch_points,
                       cfg.min_patch_points, cfg.min_patch_inliers, cfg.patch_low_quantile, cfg.max_patch_step,
                       cfg.min_fit_range ** 2, cfg.below_is_ground, planes, fitted, height, mask)
     if all_finite:
-        full_mask, full_h, full_patch = mask, height.astype(np.float32), patch.astype(np.int16)
+        full_mask, full_h, full_patch = mask, height.astype(np.float32, copy=False), patch.astype(np.int16, copy=False)
     else:
         full_mask = np.zeros(n, np.bool_)
         full_mask[finite] = mask

@@ -18,7 +18,11 @@ sensor height of 1.84 m; passing a plain boolean ground mask instead of a ``Grou
 The kept clusters become regions ``0..R-1`` (in cluster order); the region id of every other point is -1
 (semantic-less: ground, noise, dropped clusters, non-finite points). Minimum-area rectangles come from the
 convex hull (Andrew's monotone chain) and rotating calipers over the hull edges, computed in a Numba kernel;
-``cv2.minAreaRect`` is the reference in the tests.
+``cv2.minAreaRect`` is the reference in the tests. The hull is skipped where cheap bounds already decide the area
+filters: the octagon of the extreme points in 8 directions lies inside the hull (its area is a lower bound of the
+rectangle's: above ``max_area`` means too large) and the axis-aligned box contains the rectangle (an upper bound:
+below ``min_area`` means too small). Walls and buildings, the largest clusters, are thus never hulled; the reasons
+and the kept regions' summaries are the same as with the full computation.
 """
 from __future__ import annotations
 
@@ -233,22 +237,36 @@ def _rect(x, y, hull, h, out):
 
 
 @njit(cache=True)
-def _octagon_filter(x, y, pts_idx):
-    """Indices of ``pts_idx`` not strictly inside the octagon of extreme points in 8 directions."""
-    m = pts_idx.shape[0]
-    if m <= 8:
-        return pts_idx.copy()
-    dx = np.array([0.0, 1.0, 1.0, 1.0, 0.0, -1.0, -1.0, -1.0])
-    dy = np.array([-1.0, -1.0, 0.0, 1.0, 1.0, 1.0, 0.0, -1.0])
-    ext = np.empty(8, np.int64)
+def _extremes(x, y, pts_idx, ext):
+    """ext (8,) = the points of ``pts_idx`` extreme in the directions (0,-1), (1,-1), (1,0), (1,1), (0,1),
+    (-1,1), (-1,0), (-1,-1) (counter-clockwise on the convex hull). Returns (area of the octagon they span, a
+    lower bound of the hull's area; area of the axis-aligned bounding box, an upper bound of the minimum-area
+    rectangle's)."""
+    dx = (0.0, 1.0, 1.0, 1.0, 0.0, -1.0, -1.0, -1.0)
+    dy = (-1.0, -1.0, 0.0, 1.0, 1.0, 1.0, 0.0, -1.0)
     best = np.full(8, -np.inf)
-    for t in range(m):
+    for t in range(pts_idx.shape[0]):
         i = pts_idx[t]
         for d in range(8):
             v = dx[d] * x[i] + dy[d] * y[i]
             if v > best[d]:
                 best[d] = v
                 ext[d] = i
+    area2 = 0.0
+    for d in range(8):
+        j = ext[d]
+        k = ext[(d + 1) % 8]
+        area2 += x[j] * y[k] - x[k] * y[j]
+    box = (x[ext[2]] - x[ext[6]]) * (y[ext[4]] - y[ext[0]])
+    return 0.5 * area2, box
+
+
+@njit(cache=True)
+def _octagon_filter(x, y, pts_idx, ext):
+    """Indices of ``pts_idx`` not strictly inside the octagon of its extreme points ``ext`` (:func:`_extremes`)."""
+    m = pts_idx.shape[0]
+    if m <= 8:
+        return pts_idx.copy()
     keep = np.empty(m, np.int64)
     n_keep = 0
     for t in range(m):
@@ -271,12 +289,15 @@ def _octagon_filter(x, y, pts_idx):
 
 
 @njit(cache=True)
-def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high):
+def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high, max_area, min_area):
     """Per-cluster stats of the points with labels 0..k-1 that are finite (x, y, z, height) and not ground.
     Returns counts (k,), stats (k, 12): cx, cy, cz, zmin, zmax, hmax, box cx, cy, long, short, yaw, area; and
     the cleaned labels (n,) int32 (-1 for the excluded points). The footprint (columns 6-11) is NaN for empty
     clusters and for those already dropped by the ego / height filters (centroid within ``ego_box``, highest
-    point below ``h_low`` or above ``h_high``): no hull is computed for them."""
+    point below ``h_low`` or above ``h_high``): no hull is computed for them. Nor for those whose area bounds
+    settle the area filters: the octagon of extreme points (inside the hull) larger than ``max_area``, or the
+    axis-aligned box (around the minimum-area rectangle) smaller than ``min_area``; their columns 6-10 are NaN
+    and the area (column 11) is that bound."""
     n = xyz.shape[0]
     labels = np.empty(n, np.int32)
     cnt = np.zeros(k + 1, np.int64)
@@ -305,6 +326,7 @@ def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high):
     stats = np.empty((k, 12))
     hull = np.empty(cnt[k] + 1, np.int64)
     out = np.empty(5)
+    ext = np.empty(8, np.int64)
     for c in range(k):
         a = cnt[c]
         b = cnt[c + 1]
@@ -337,8 +359,19 @@ def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high):
             for j in range(6, 12):
                 stats[c, j] = np.nan
             continue
+        oct_area, box_area = _extremes(x, y, order[a:b], ext)
+        bound = np.nan
+        if oct_area > max_area * (1.0 + 1e-9):
+            bound = oct_area  # too large whatever the rectangle
+        elif box_area < min_area * (1.0 - 1e-9):
+            bound = box_area  # too small whatever the rectangle
+        if not np.isnan(bound):
+            for j in range(6, 11):
+                stats[c, j] = np.nan
+            stats[c, 11] = bound
+            continue
         # Akl-Toussaint: drop the points strictly inside the octagon of extreme points (never hull vertices)
-        idx = _octagon_filter(x, y, order[a:b])
+        idx = _octagon_filter(x, y, order[a:b], ext)
         m = idx.shape[0]
         # sort the remaining points by x then y
         xs = np.empty(m)
@@ -390,7 +423,7 @@ def min_area_rect(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     xyz = np.zeros((len(xy), 3))
     xyz[:, :2] = xy
     _, st, _ = _summaries_kernel(xyz, np.zeros(len(xy)), np.zeros(len(xy), np.bool_), np.zeros(len(xy), np.int32), 1,
-                                 -1.0, -np.inf, np.inf)
+                                 -1.0, -np.inf, np.inf, np.inf, -np.inf)
     return st[0, 6:8].copy(), st[0, 8:10].copy(), float(st[0, 10])
 
 
@@ -424,7 +457,8 @@ def pool_regions(xyz: np.ndarray, ground, labels: np.ndarray, cfg: PoolingConfig
         raise InputError(f"ground mask/height have shape {gmask.shape}/{height.shape}, expected ({n},)")
     k = max(int(labels.max()) + 1, 0) if n else 0
     counts, st, lab = _summaries_kernel(xyz, height, gmask, labels, k, float(cfg.ego_box),
-                                        float(cfg.min_height_above_ground), float(cfg.max_height))
+                                        float(cfg.min_height_above_ground), float(cfg.max_height),
+                                        float(cfg.max_area), float(cfg.min_area))
     present = counts > 0
     reason = np.zeros(k, np.int8)
     checks = (

@@ -44,8 +44,10 @@ def sweep(
     from preprocess.sweep import SweepConfig, process_sweep, warm_up
     from shared.backend import resolve_backend
     from shared.errors import ConfigError, InputError
+    from shared.malloc import tune_malloc
     from shared.pointcloud import load_points
 
+    tune_malloc()  # as the preprocessing workers do: the stage timings are theirs
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError("--format", fmt, f"expected one of {', '.join(FORMATS)}")
     if save is not None and save.suffix != ".npz":

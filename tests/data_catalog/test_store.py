@@ -43,6 +43,43 @@ def test_quantise_xyz_error_bound_and_flags():
     assert (q[1:3] == 0).all()
 
 
+def test_float16_columns_bit_for_bit_as_numpy():
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 400_000, dtype=np.uint64).astype(np.uint32)
+    # every float16 value and float32 values a few ulps around it (the rounding boundaries)
+    h = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32).view(np.uint32)
+    near = (h[:, None].astype(np.int64) + np.array([-4097, -4096, -4095, -1, 0, 1, 4095, 4096, 4097])).ravel()
+    near = near[(near >= 0) & (near < 2**32)].astype(np.uint32)
+    special = np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFC00001, 0x33000000,
+                        0x32FFFFFF, 0x38000000, 0x387FFFFF, 0x477FEFFF, 0x477FF000, 0x47800000], np.uint32)
+    col = np.concatenate([bits, near, special]).view(np.float32)
+    pts = np.zeros((len(col), 5), np.float32)
+    pts[:, 3] = col
+    pts[:, 4] = col[::-1]
+    got = st.float16_columns(pts, 3)
+    with np.errstate(over="ignore"):
+        want = pts[:, 3:].astype(np.float16)
+    assert got.dtype == np.float16 and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    # float64 input goes through numpy
+    np.testing.assert_array_equal(st.float16_columns(pts.astype(np.float64)[:100], 3), want[:100])
+
+
+def test_to_uint16_matches_numpy_and_names_the_value():
+    rng = np.random.default_rng(6)
+    uv = rng.uniform(0, 1600, (5000, 2)).astype(np.float32)
+    uv[:10] = np.array([0.0625, 0.1875, 0.3125, 1599.9375, 0.0, 8191.875, 4.5625, 2.4375, 3.0, 7.0625])[:, None]
+    np.testing.assert_array_equal(st._to_uint16(uv, st.UV_SCALE, "uv"),
+                                  np.round(uv.astype(np.float64) / st.UV_SCALE).astype(np.uint16))
+    depth = np.array([0.004, 0.005, 0.015, 700.0, np.float32(655.35)], np.float32)
+    want = np.round(np.minimum(depth, 65535 * st.DEPTH_SCALE).astype(np.float64) / st.DEPTH_SCALE)
+    np.testing.assert_array_equal(st._to_uint16(depth, st.DEPTH_SCALE, "depth", clamp=65535 * st.DEPTH_SCALE),
+                                  want.astype(np.uint16))
+    for bad in (-1.0, 9000.0, np.nan):
+        with pytest.raises(st.InputError, match="pixel coordinates out of the store's range"):
+            st._to_uint16(np.array([[1.0, bad]]), st.UV_SCALE, "pixel coordinates")
+
+
 def test_region_summaries_match_reference():
     rng = np.random.default_rng(2)
     xyz = rng.normal(size=(3000, 3)) * 10

@@ -99,7 +99,8 @@ def test_ransac_kernel_matches_numpy_reference():
     u = np.random.default_rng(0).random((60, 3))
     idx = np.arange(len(pts))
     best = np.empty(4)
-    cnt = G._ransac(pts, idx, len(pts), idx, len(pts), u, 0.2, math.cos(math.radians(10)), np.zeros(4), 0.0,
+    sx, sy, sz = (np.ascontiguousarray(pts[:, k]) for k in range(3))
+    cnt = G._ransac(pts, idx, len(pts), sx, sy, sz, len(pts), u, 0.2, math.cos(math.radians(10)), np.zeros(4), 0.0,
                     -1.0, 0.0, 0.0, best)
     ref, ref_cnt = fit_plane_reference(pts, u, 0.2, math.cos(math.radians(10)))
     assert cnt == ref_cnt

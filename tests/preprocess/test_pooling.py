@@ -250,3 +250,36 @@ def test_cluster_whose_points_are_all_excluded():
     assert res.cluster_region[8] == -1 and res.cluster_region[9] == -1
     assert res.cluster_reason[8] == 0 and res.cluster_reason[9] == 0
     assert res.n_regions == 2 and res.dropped.total == 6
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_area_bounds_decide_as_the_rectangle_would(seed):
+    """Clusters whose octagon of extreme points exceeds max_area (or whose axis-aligned box is under min_area)
+    skip the hull: the reason must be the one the minimum-area rectangle gives, for footprints around both
+    thresholds, rotated and elongated."""
+    rng = np.random.default_rng(100 + seed)
+    cfg = PoolingConfig()
+    pts, labels, areas = [], [], []
+    for k in range(60):
+        target = cfg.max_area if k % 2 else cfg.min_area
+        aspect = rng.uniform(1, 6)
+        long_side = math.sqrt(target * rng.uniform(0.6, 1.6) * aspect)
+        size = (long_side, long_side / aspect, 1.0)
+        center = rng.uniform(5, 30, 2) * rng.choice([-1, 1], 2)  # off the ego box
+        b = _box(rng, center, size, n=int(rng.integers(6, 120)), yaw=rng.uniform(-3, 3), z0=0.0)
+        pts.append(b)
+        labels.append(np.full(len(b), k))
+        _, s, _ = min_area_rect(b[:, :2])
+        areas.append(s[0] * s[1])
+    xyz = np.concatenate(pts).astype(np.float64)
+    labels = np.concatenate(labels).astype(np.int32)
+    res = pool_regions(xyz, np.zeros(len(xyz), bool), labels, cfg)
+    for k, area in enumerate(areas):
+        got = "kept" if res.cluster_reason[k] == 0 else REASONS[res.cluster_reason[k] - 1]
+        if area > cfg.max_area:
+            assert got == "too_large", (k, area, got)
+        elif area < cfg.min_area:
+            assert got == "too_small", (k, area, got)
+        else:
+            assert got in ("kept", "too_thin"), (k, area, got)
+    assert {"too_large", "too_small"} <= {REASONS[r - 1] for r in res.cluster_reason if r}

@@ -340,3 +340,48 @@ def test_sigkill_midway_then_rerun_gives_the_clean_store(tiny_synth, tmp_path):
     keep = [c for c in ta.column_names if not c.startswith("t_")]
     assert ta.select(keep).equals(tb.select(keep)) and tb.num_rows == 60
     assert verify_version(vdir).ok
+
+
+def test_workers_are_warmed_up_before_the_tasks(tiny_synth, tmp_path):
+    """The one-off warm-up (Numba kernels loaded, malloc and Blosc settings) is timed apart from the tasks."""
+    import numcodecs.blosc
+
+    from preprocess.run import warm_worker
+
+    assert warm_worker(SweepConfig().to_dict(), "cpu", None) > 0
+    assert numcodecs.blosc.get_nthreads() == 1
+    root, version = tiny_synth
+    s = run(root, version, tmp_path, sweeps="keyframes", workers=0, progress=False, log=None)
+    assert s.scenes_done == 2 and s.startup_s > 0 and s.tasks_s > 0
+    assert s.prepare_s + s.startup_s + s.tasks_s <= s.wall_s + 1e-6
+
+
+def test_scene_plans_round_trip_through_pickle(tiny_synth):
+    """Plans travel to the workers packed (stacked arrays); every field comes back equal, errors included."""
+    import pickle
+
+    from preprocess.run import ScenePlan, SweepPlan
+    from shared.nuscenes_io import open_nuscenes
+
+    root, version = tiny_synth
+    plan = plan_scenes(open_nuscenes(root, version), "all", None)[0]
+    mixed = ScenePlan("s", (SweepPlan("bad", None, ("f.bin", "load", "truncated")), *plan.sweeps[:3],
+                            SweepPlan("none", None, None)))
+    for p in (plan, mixed, ScenePlan("empty", ())):
+        q = pickle.loads(pickle.dumps(p))
+        assert q.scene == p.scene and [s.token for s in q.sweeps] == [s.token for s in p.sweeps]
+        assert [s.error for s in q.sweeps] == [s.error for s in p.sweeps]
+        for a, b in zip(p.sweeps, q.sweeps):
+            assert (a.info is None) == (b.info is None)
+            if a.info is None:
+                continue
+            for f in ("token", "path", "timestamp", "is_key_frame", "scene_token", "scene_name", "sample_token"):
+                assert getattr(a.info, f) == getattr(b.info, f) and type(getattr(a.info, f)) is type(getattr(b.info, f))
+            np.testing.assert_array_equal(a.info.lidar2ego, b.info.lidar2ego)
+            np.testing.assert_array_equal(a.info.ego2global, b.info.ego2global)
+            assert len(a.info.cameras) == len(b.info.cameras) > 0
+            for c, d in zip(a.info.cameras, b.info.cameras):
+                for f in ("channel", "width", "height", "timestamp", "image_path", "token"):
+                    assert getattr(c, f) == getattr(d, f) and type(getattr(c, f)) is type(getattr(d, f))
+                for f in ("intrinsic", "lidar2cam", "cam2ego", "ego2global"):
+                    np.testing.assert_array_equal(getattr(c, f), getattr(d, f))

@@ -1,0 +1,136 @@
+"""In-process benchmark of the store writer: encoding a sweep and committing a scene's shard, and where the
+commit's time goes.
+
+    python bench/bench_shard.py [--dataroot D --version V] [--scene NAME] [--sweeps all|keyframes]
+                                [--repeats 5]
+
+Processes one scene's sweeps once (``process_sweep``; generates the ``tiny`` synthetic preset when no dataroot
+is given), then, with the preprocessing workers' settings (``preprocess.run.setup_worker``: malloc thresholds,
+one Blosc thread), times ``ShardWriter.add`` (encoding) per sweep and ``ShardWriter.commit`` per shard into a
+fresh folder ``--repeats`` times, and prints medians in milliseconds per sweep, with the commit split into
+writing the Zarr arrays, hashing the files (manifest), fsync and the rest. The kernel time of the same sweeps
+is printed for scale: the issue's target is I/O <= 30 % of a run's wall time. Timings depend on the machine
+and its load; nothing here is asserted by the tests.
+"""
+from __future__ import annotations
+
+import _common
+
+_common.limit_threads(1, pin=False)
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+
+def _timer(totals, obj, name):
+    """Wrap ``obj.name`` so that its wall time is added to ``totals[name]``."""
+    fn = getattr(obj, name)
+
+    def wrapped(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            totals[name] += time.perf_counter() - t0
+
+    setattr(obj, name, wrapped)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataroot", type=Path, default=None, help="nuScenes dataroot (default: generate 'tiny')")
+    ap.add_argument("--version", default=None, help="version folder (with --dataroot; default v1.0-trainval)")
+    ap.add_argument("--scene", default=None, help="scene name (default: the first)")
+    ap.add_argument("--sweeps", default="all", choices=["all", "keyframes"])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+
+    from data_catalog import store as st
+    from preprocess.run import setup_worker
+    from preprocess.sweep import SweepConfig, process_sweep, warm_up
+    from shared import nuscenes_io as nio
+
+    setup_worker()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-shard-"))
+    try:
+        if args.dataroot is None:
+            from shared.synth import generate
+
+            dataroot, version = generate(tmp / "data", preset="tiny", seed=0, progress=False)
+        else:
+            dataroot, version = args.dataroot, args.version or "v1.0-trainval"
+        nusc = nio.open_nuscenes(dataroot, version)
+        scene = next((s for s in nusc.scene if args.scene in (None, s["name"])), None)
+        if scene is None:
+            print(f"scene {args.scene!r} not in {dataroot} ({version})", file=sys.stderr)
+            return 2
+        infos = list(nio.iter_lidar_sweeps(nusc, scene, args.sweeps == "keyframes"))
+        cfg = SweepConfig()
+        warm_up(cfg, "cpu", infos[0].cameras, 5)
+        st.warm_up()
+        items, kernel_ms, load_ms = [], [], []
+        for info in infos:
+            t0 = time.perf_counter()
+            pts = nio.load_sweep_points(info)
+            load_ms.append((time.perf_counter() - t0) * 1e3)
+            res = process_sweep(pts, info.cameras, cfg)
+            kernel_ms.append(res.timings_ms["total"])
+            items.append((st.SweepInput(token=info.token, points=pts, timestamp=info.timestamp,
+                                        is_key_frame=info.is_key_frame, path=str(info.path),
+                                        lidar2ego=info.lidar2ego, ego2global=info.ego2global,
+                                        cameras=info.cameras), res))
+        totals = defaultdict(float)
+        for name in ("_write_arrays", "file_table", "_fsync_all", "_write_table"):
+            _timer(totals, st, name)
+        _timer(totals, st.ShardWriter, "_concat")
+        add_ms, commit_ms, parts = [], [], defaultdict(list)
+        for r in range(args.repeats + 1):
+            vdir = tmp / f"v{r}"
+            w = st.ShardWriter(vdir, scene["name"])
+            t0 = time.perf_counter()
+            for sw, res in items:
+                w.add(sw, res)
+            t1 = time.perf_counter()
+            totals.clear()
+            w.commit()
+            t2 = time.perf_counter()
+            shutil.rmtree(vdir)
+            if r == 0:
+                continue  # warm-up
+            add_ms.append((t1 - t0) * 1e3 / len(items))
+            commit_ms.append((t2 - t1) * 1e3 / len(items))
+            for k, v in totals.items():
+                parts[k].append(v * 1e3 / len(items))
+        med = statistics.median
+        n = len(items)
+        print(f"machine: {_common.machine()}")
+        print(f"data: {dataroot} ({version}), {scene['name']}, {args.sweeps}: {n} sweeps, "
+              f"{sum(len(sw.points) for sw, _ in items) / n:.0f} points a sweep; medians of {args.repeats}")
+        print()
+        print("| ms per sweep | median |")
+        print("|---|---:|")
+        rows = [("kernels (process_sweep total, for scale)", med(kernel_ms)), ("read point file", med(load_ms)),
+                ("encode (ShardWriter.add)", med(add_ms)), ("commit (ShardWriter.commit)", med(commit_ms)),
+                ("  of which: Zarr arrays", med(parts["_write_arrays"])),
+                ("  of which: concatenate sweeps", med(parts["_concat"])),
+                ("  of which: hash files (manifest)", med(parts["file_table"])),
+                ("  of which: fsync", med(parts["_fsync_all"])),
+                ("  of which: Parquet tables", med(parts["_write_table"]))]
+        for name, v in rows:
+            print(f"| {name} | {v:.2f} |")
+        io = med(load_ms) + med(add_ms) + med(commit_ms)
+        print(f"\nI/O (read + encode + commit) {io:.2f} ms per sweep = {io / (io + med(kernel_ms)):.0%} of "
+              f"kernels + I/O in one process (orchestration not included)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
