@@ -208,7 +208,7 @@ def _to_uint16(values: np.ndarray, scale: float, what: str, clamp: float = np.in
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _half_bits(f):
     """IEEE binary16 bits (uint16) of the binary32 bits ``f`` (uint32), rounding to nearest even: the
     algorithm of numpy's ``npy_floatbits_to_halfbits`` (tested bit for bit against ``astype(np.float16)``)."""

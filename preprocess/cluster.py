@@ -71,7 +71,7 @@ class ClusterConfig:
 # Numba kernels
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _find(parent, i):
     root = i
     while parent[root] != root:
@@ -83,7 +83,7 @@ def _find(parent, i):
     return root
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _d2(pts, i, j):
     s = 0.0
     for k in range(pts.shape[1]):
@@ -92,7 +92,7 @@ def _d2(pts, i, j):
     return s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _box_d2(sp, t, lo, hi, c):
     """Squared distance from point sp[t] to the box [lo[c], hi[c]] (a lower bound, slightly shrunk against
     rounding)."""
@@ -104,7 +104,7 @@ def _box_d2(sp, t, lo, hi, c):
     return s * (1.0 - 1e-9)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _boxes_d2(lo, hi, a, b):
     """Squared distance between boxes a and b (a lower bound, slightly shrunk against rounding)."""
     s = 0.0
@@ -135,7 +135,7 @@ def _tight_boxes(sp, cstart, sel, use_sel, lo, hi):
                     hi[c, k] = v
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _link(parent, c, c2, sp, score, cstart, blo, bhi, eps2):
     """Union cells c and c2 if one core pair between them is within eps (no-op if already joined)."""
     r1 = _find(parent, c)

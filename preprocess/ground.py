@@ -187,7 +187,7 @@ class GroundResult:
 # Numba kernels
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _plane3(p0, p1, p2, out):
     """Plane through three points into ``out`` (a, b, c, d), c >= 0; False if degenerate."""
     ux = p1[0] - p0[0]
@@ -214,7 +214,7 @@ def _plane3(p0, p1, p2, out):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _refine(pts, idx, n_idx, plane, thr, min_nz, out):
     """Least-squares plane (z regressed on x, y) of the inliers of ``plane`` among
     ``pts[idx[:n_idx]]``; written to ``out`` if it is level enough, else ``plane`` is copied. Returns inliers."""
@@ -272,7 +272,7 @@ def _refine(pts, idx, n_idx, plane, thr, min_nz, out):
     return cnt
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ransac(pts, cand, n_cand, sx, sy, sz, n_score, u, thr, min_nz, ref, band, min_cos, cx, cy, best):
     """RANSAC over hypotheses ``u`` (H, 3) uniform [0, 1) picking 3 points of ``cand[:n_cand]``.
 
@@ -351,7 +351,7 @@ def _global_kernel(pts, max_fit, min_r2, u, thr, min_nz, fallback, out):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _pseudo_angle(x, y):
     """A monotonic stand-in for atan2(y, x) on (-pi, pi], in (-2, 2] (no trigonometry); 0 at the origin."""
     s = abs(x) + abs(y)

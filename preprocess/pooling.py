@@ -140,12 +140,12 @@ class PoolingResult:
 # Numba kernels
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _cross(o0, o1, a0, a1, b0, b1):
     return (a0 - o0) * (b1 - o1) - (a1 - o1) * (b0 - o0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _hull(x, y, idx, hull):
     """Convex hull (monotone chain) of the points idx (sorted by x, then y) into ``hull``; returns its size."""
     m = idx.shape[0]
@@ -172,7 +172,7 @@ def _hull(x, y, idx, hull):
     return h - 1  # the last point repeats the first
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rect(x, y, hull, h, out):
     """Minimum-area rectangle of the hull points: out = cx, cy, long, short, yaw."""
     if h == 1:
@@ -236,7 +236,7 @@ def _rect(x, y, hull, h, out):
         out[4] = 0.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _extremes(x, y, pts_idx, ext):
     """ext (8,) = the points of ``pts_idx`` extreme in the directions (0,-1), (1,-1), (1,0), (1,1), (0,1),
     (-1,1), (-1,0), (-1,-1) (counter-clockwise on the convex hull). Returns (area of the octagon they span, a
@@ -261,7 +261,7 @@ def _extremes(x, y, pts_idx, ext):
     return 0.5 * area2, box
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _octagon_filter(x, y, pts_idx, ext):
     """Indices of ``pts_idx`` not strictly inside the octagon of its extreme points ``ext`` (:func:`_extremes`)."""
     m = pts_idx.shape[0]
@@ -401,6 +401,32 @@ def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high, 
 
 
 @njit(cache=True)
+def _reasons_kernel(counts, st, ego_box, h_low, h_high, max_area, min_area, min_ratio):
+    """Drop reason (k,) int8 of each cluster from its stats (:func:`_summaries_kernel`): 0 kept (or empty),
+    else 1 + the index in :data:`REASONS` of the first filter it fails, in that order."""
+    k = counts.shape[0]
+    reason = np.zeros(k, np.int8)
+    for c in range(k):
+        if counts[c] == 0:
+            continue
+        long_side = st[c, 8]
+        ratio = st[c, 9] / long_side if long_side > 0 else 0.0
+        if abs(st[c, 0]) <= ego_box and abs(st[c, 1]) <= ego_box:
+            reason[c] = 1
+        elif st[c, 5] < h_low:
+            reason[c] = 2
+        elif st[c, 5] > h_high:
+            reason[c] = 3
+        elif st[c, 11] > max_area:
+            reason[c] = 4
+        elif st[c, 11] < min_area:
+            reason[c] = 5
+        elif ratio < min_ratio:
+            reason[c] = 6
+    return reason
+
+
+@njit(cache=True)
 def _assign_regions(lab, cluster_region):
     """region (n,) int16: cluster_region[lab[i]] where lab[i] >= 0, else -1."""
     n = lab.shape[0]
@@ -459,20 +485,12 @@ def pool_regions(xyz: np.ndarray, ground, labels: np.ndarray, cfg: PoolingConfig
     counts, st, lab = _summaries_kernel(xyz, height, gmask, labels, k, float(cfg.ego_box),
                                         float(cfg.min_height_above_ground), float(cfg.max_height),
                                         float(cfg.max_area), float(cfg.min_area))
-    present = counts > 0
-    reason = np.zeros(k, np.int8)
-    checks = (
-        (np.abs(st[:, 0]) <= cfg.ego_box) & (np.abs(st[:, 1]) <= cfg.ego_box),
-        st[:, 5] < cfg.min_height_above_ground,
-        st[:, 5] > cfg.max_height,
-        st[:, 11] > cfg.max_area,
-        st[:, 11] < cfg.min_area,
-        np.where(st[:, 8] > 0, st[:, 9] / np.where(st[:, 8] > 0, st[:, 8], 1.0), 0.0) < cfg.min_side_ratio,
-    )
-    for code, hit in enumerate(checks, start=1):
-        reason[(reason == 0) & present & hit] = code
-    keep = present & (reason == 0)
-    r_count = int(keep.sum())
+    reason = _reasons_kernel(counts, st, float(cfg.ego_box), float(cfg.min_height_above_ground),
+                             float(cfg.max_height), float(cfg.max_area), float(cfg.min_area),
+                             float(cfg.min_side_ratio))
+    keep = reason == 0
+    keep &= counts > 0
+    r_count = int(np.count_nonzero(keep))
     if r_count > np.iinfo(np.int16).max:
         raise InputError(f"{r_count} regions in one sweep exceed the int16 region id range")
     cluster_region = np.full(k, -1, np.int16)
@@ -485,7 +503,6 @@ def pool_regions(xyz: np.ndarray, ground, labels: np.ndarray, cfg: PoolingConfig
         z_min=s[:, 3].copy(), z_max=s[:, 4].copy(), height_max=s[:, 5].copy(), box_center=s[:, 6:8].copy(),
         box_size=s[:, 8:10].copy(), box_yaw=s[:, 10].copy(), area=s[:, 11].copy(),
     )
-    dropped = DropCounts(**{name: int(((reason == code) & present).sum()) for code, name in enumerate(REASONS, 1)})
-    reason[~present] = 0
+    dropped = DropCounts(*(int(c) for c in np.bincount(reason, minlength=len(REASONS) + 1)[1:]))
     return PoolingResult(region=region, summaries=summaries, dropped=dropped, cluster_region=cluster_region,
                          cluster_reason=reason)
