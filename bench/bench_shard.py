@@ -5,8 +5,8 @@ commit's time goes.
                                 [--repeats 5]
 
 Processes one scene's sweeps once (``process_sweep``; generates the ``tiny`` synthetic preset when no dataroot
-is given), then, with the preprocessing workers' settings (``preprocess.run.setup_worker``: malloc thresholds,
-one Blosc thread), times ``ShardWriter.add`` (encoding) per sweep and ``ShardWriter.commit`` per shard into a
+is given), then, with the preprocessing workers' settings (``preprocess.run.warm_worker``: malloc thresholds,
+one Blosc thread, kernels loaded), times ``ShardWriter.add`` (encoding) per sweep and ``ShardWriter.commit`` per shard into a
 fresh folder ``--repeats`` times, and prints medians in milliseconds per sweep, with the commit split into
 writing the Zarr arrays, hashing the files (manifest), fsync and the rest. The kernel time of the same sweeps
 is printed for scale: the issue's target is I/O <= 30 % of a run's wall time. Timings depend on the machine
@@ -52,11 +52,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from data_catalog import store as st
-    from preprocess.run import setup_worker
-    from preprocess.sweep import SweepConfig, process_sweep, warm_up
+    from preprocess.run import warm_worker
+    from preprocess.sweep import SweepConfig, process_sweep
     from shared import nuscenes_io as nio
 
-    setup_worker()
     tmp = Path(tempfile.mkdtemp(prefix="bench-shard-"))
     try:
         if args.dataroot is None:
@@ -72,8 +71,7 @@ def main(argv=None) -> int:
             return 2
         infos = list(nio.iter_lidar_sweeps(nusc, scene, args.sweeps == "keyframes"))
         cfg = SweepConfig()
-        warm_up(cfg, "cpu", infos[0].cameras, 5)
-        st.warm_up()
+        warm_worker(cfg.to_dict(), "cpu", infos[0].cameras)  # the workers' settings, kernels loaded
         items, kernel_ms, load_ms = [], [], []
         for info in infos:
             t0 = time.perf_counter()

@@ -550,7 +550,7 @@ def fit_ground(xyz: np.ndarray, cfg: GroundConfig = GroundConfig(), backend: str
     fallback = np.array([0.0, 0.0, 1.0, cfg.sensor_height])
     u_global, u_patch = _hypotheses(cfg, cfg.n_patches)
     if backend == "gpu":
-        gplane, gfit, planes, fitted, patch, height, mask = _fit_ground_gpu(pts, cfg, u_global, u_patch, fallback)
+        gplane, gfit, planes, fitted, height, mask = _fit_ground_gpu(pts, patch, cfg, u_global, u_patch, fallback)
     else:
         gplane = np.empty(4)
         gfit = bool(_global_kernel(pts, cfg.max_fit_points, cfg.min_fit_range ** 2, u_global,
@@ -576,9 +576,10 @@ def fit_ground(xyz: np.ndarray, cfg: GroundConfig = GroundConfig(), backend: str
                         global_plane=gplane, global_fitted=gfit)
 
 
-def _fit_ground_gpu(pts, cfg, u_global, u_patch, fallback):
+def _fit_ground_gpu(pts, patch, cfg, u_global, u_patch, fallback):
     """CuPy path of :func:`fit_ground`: the same hypotheses as the CPU path, each batch of hypotheses scored at
-    once as an (H, M) distance matrix on the GPU; the 3x3 least-squares refinement runs on the host (tiny)."""
+    once as an (H, M) distance matrix on the GPU; the 3x3 least-squares refinement runs on the host (tiny).
+    ``patch`` (M,) int16: the points' patches from :func:`_finite_patches` (computed once, on the host)."""
     import cupy as cp
 
     thr, min_nz, band = cfg.distance_threshold, cfg.min_normal_z, cfg.patch_band
@@ -629,13 +630,7 @@ def _fit_ground_gpu(pts, cfg, u_global, u_patch, fallback):
             gfit = True
     # patches
     x, y = d_pts[:, 0], d_pts[:, 1]
-    ax = cp.abs(x) + cp.abs(y)
-    pa = x / cp.where(ax == 0, 1.0, ax)
-    pa = cp.where(ax == 0, 0.0, cp.where(y < 0, pa - 1.0, 1.0 - pa))  # as _pseudo_angle
-    s = cp.searchsorted(cp.asarray(_sector_bounds(cfg.n_sectors)), pa, side="right")
-    edges2 = np.asarray(cfg.ring_edges, dtype=np.float64) ** 2
-    ring = cp.searchsorted(cp.asarray(edges2), x * x + y * y, side="right")
-    patch = ring * cfg.n_sectors + s
+    patch = cp.asarray(patch).astype(cp.int64)
     near = (x * x + y * y < min_r2).astype(cp.int64)
     # fit points first within each patch, in input order (as the CPU counting sort)
     order = cp.argsort(patch * 2 + near)  # cupy's sort is always stable
@@ -692,7 +687,7 @@ def _fit_ground_gpu(pts, cfg, u_global, u_patch, fallback):
     mask = cp.abs(height) <= thr
     if cfg.below_is_ground:
         mask |= height < -thr
-    return gplane, gfit, planes, fitted, cp.asnumpy(patch), cp.asnumpy(height), cp.asnumpy(mask)
+    return gplane, gfit, planes, fitted, cp.asnumpy(height), cp.asnumpy(mask)
 
 
 # ----------------------------------------------------------------------------------------------------------

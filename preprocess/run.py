@@ -87,12 +87,10 @@ def _pack_plan(plan: ScenePlan) -> dict[str, Any]:
 def _unpack_plan(d: dict[str, Any]) -> ScenePlan:
     from shared.records import CameraCalib, SweepInfo
 
-    cams, k = [], 0
-    for (channel, token, image), (w, h, ts) in zip(d["cam_str"], d["cam_int"].tolist()):
-        cams.append(CameraCalib(channel=channel, width=w, height=h, timestamp=ts, token=token,
-                                image_path=None if image is None else Path(image),
-                                **{m: d[f"cam_{m}"][k] for m in _CAM_MATRICES}))
-        k += 1
+    cams = [CameraCalib(channel=channel, width=w, height=h, timestamp=ts, token=token,
+                        image_path=None if image is None else Path(image),
+                        **{m: d[f"cam_{m}"][k] for m in _CAM_MATRICES})
+            for k, ((channel, token, image), (w, h, ts)) in enumerate(zip(d["cam_str"], d["cam_int"].tolist()))]
     infos, c0 = [], 0
     for j, ((token, path, scene_token, scene_name, sample_token), (ts, key, ncam)) in enumerate(
             zip(d["info_str"], d["info_int"].tolist())):

@@ -227,10 +227,11 @@ def test_gpu_path_logic_matches_cpu_with_numpy_standin(monkeypatch, seed, tilt):
     xyz, _, _ = _tilted_scene(seed=seed, tilt_deg=tilt)
     cfg = GroundConfig()
     cpu = fit_ground(xyz, cfg)
-    pts = xyz.astype(np.float64)
+    edges = np.asarray(cfg.ring_edges, dtype=np.float64)
+    pts, _, patch = G._finite_patches(xyz.astype(np.float64), G._sector_bounds(cfg.n_sectors), edges * edges)
     ug, up = G._hypotheses(cfg, cfg.n_patches)
-    gplane, gfit, planes, fitted, patch, height, mask = G._fit_ground_gpu(
-        pts, cfg, ug, up, np.array([0.0, 0.0, 1.0, cfg.sensor_height]))
+    gplane, gfit, planes, fitted, height, mask = G._fit_ground_gpu(
+        pts, patch, cfg, ug, up, np.array([0.0, 0.0, 1.0, cfg.sensor_height]))
     assert gfit == cpu.global_fitted
     np.testing.assert_allclose(gplane, cpu.global_plane, atol=1e-9)
     np.testing.assert_array_equal(patch, cpu.patch)
