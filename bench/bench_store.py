@@ -42,7 +42,9 @@ RAW_BYTES_PER_POINT = 20.0
 
 
 def _hours(h: float) -> str:
-    return f"{h:.1f} h" if h >= 1 else f"{h * 60:.0f} min"
+    if h >= 1:
+        return f"{h:.1f} h"
+    return f"{h * 60:.0f} min" if h * 60 >= 10 else f"{h * 60:.1f} min"
 
 
 def _fill_drain_s(s) -> float:

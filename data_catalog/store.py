@@ -428,12 +428,21 @@ SWEEP_ARRAYS = ("timestamp", "aug_params", "lidar2ego", "ego2global", "cam_intri
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _compressors():
+#: Arrays compressed with bit shuffle instead of byte shuffle (Blosc lz4, level 5, for both): the float16
+#: features, the pixel pairs, the flags, region ids and camera indices are smaller *and* faster to compress
+#: bit-shuffled (features on the real nuScenes scans of the fixtures: 0.85-1.03 instead of 1.47-2.10 B/point at
+#: 2.5x the speed); xyz (int16 centimetres), the point indices and depths compress better byte-shuffled
+#: (docs/store.md, "Chunks, shards, compression").
+BITSHUFFLE_ARRAYS = frozenset({"features", "proj_uv", "flags", "region", "proj_cam"})
+
+
+def _compressors(name: str):
     from zarr.codecs import BloscCodec
 
-    # lz4 + byte shuffle: on the generated data 8.7 B/point against 6.0 for zstd level 5, at a third of the
-    # commit time (docs/store.md); the budget is 20 B/point and commit time counts against the kernels.
-    return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+    # lz4: on the generated data 8.7 B/point against 6.0 for zstd level 5, at a third of the commit time
+    # (docs/store.md); the budget is 20 B/point and commit time counts against the kernels.
+    shuffle = "bitshuffle" if name in BITSHUFFLE_ARRAYS else "shuffle"
+    return [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)]
 
 
 def _array_layout(data: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
@@ -463,7 +472,7 @@ def _write_arrays(group, arrays: Mapping[str, np.ndarray]) -> None:
         # small arrays (per-sweep matrices, offsets, region summaries) are stored raw: Blosc's per-call cost
         # (~1 ms) is most of their write time and saves a few kilobytes. write_empty_chunks: no
         # comparison of every chunk with the fill value (a quarter of the write time); all chunks are written.
-        comp = _compressors() if data.nbytes >= COMPRESS_MIN_BYTES else None
+        comp = _compressors(name) if data.nbytes >= COMPRESS_MIN_BYTES else None
         arr = await agroup.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
                                         compressors=comp, fill_value=0, config={"write_empty_chunks": True})
         if data.size:
@@ -483,12 +492,33 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_all(paths: list[Path]) -> None:
-    """fsync many files at once (threads: the calls release the GIL and the disk can merge them)."""
+def _write_file(path: Path, data) -> dict[str, Any]:
+    """Create ``path`` (which must not exist), write ``data`` (bytes-like), fsync it; its bytes and SHA-256,
+    hashed from memory."""
+    view = memoryview(data).cast("B")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return {"bytes": len(view), "sha256": hashlib.sha256(view).hexdigest()}
+
+
+def write_files(root: Path, blobs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Write ``blobs`` (``{relpath: bytes-like}``) under ``root``, each file fsynced; returns the manifest's file
+    table ``{relpath: {"bytes", "sha256"}}`` (sorted), the same as :func:`file_table` would read back, hashed
+    while writing. Folders are created once each; the files are written by a few threads (writes, fsyncs and
+    SHA-256 release the GIL, and the disk can merge the fsyncs)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    for d in sorted({(root / rel).parent for rel in blobs}):
+        d.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=8) as ex:
-        list(ex.map(_fsync, paths))
+        table = dict(zip(blobs, ex.map(lambda rel: _write_file(root / rel, blobs[rel]), blobs)))
+    return dict(sorted(table.items()))
 
 
 def file_table(root: Path) -> dict[str, dict[str, Any]]:
@@ -511,12 +541,31 @@ def content_hash(files: Mapping[str, Mapping[str, Any]]) -> str:
     return hashlib.sha256(canonical_json(stable).encode()).hexdigest()
 
 
-def _write_table(rows: list[dict], schema, path: Path) -> None:
+def _table_bytes(rows: list[dict], schema):
+    """A Parquet file (zstd) of ``rows`` with ``schema``, in memory (a ``pyarrow.Buffer``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
-    pq.write_table(pa.table(cols, schema=schema), path, compression="zstd")
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(cols, schema=schema), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def encode_group(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The files of a shard's Zarr v3 group holding ``arrays`` (see :func:`_write_arrays`) and the group
+    attributes ``attrs``, encoded by zarr into memory: ``{relpath: bytes-like}``. The writer puts them on disk
+    itself (:func:`write_files`): its temporary folder is already renamed into place atomically, so zarr's
+    per-file temporary copies, renames and folder checks, and reading the files back to hash them, are saved
+    (about 1 ms a file on the benchmark machine; a shard has about 50)."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    files: dict[str, Any] = {}
+    group = zarr.open_group(MemoryStore(files), mode="w", zarr_format=3)
+    _write_arrays(group, arrays)
+    group.attrs.update(dict(attrs))
+    return {key: buf.as_buffer_like() for key, buf in files.items()}
 
 
 @dataclass(frozen=True)
@@ -549,9 +598,11 @@ class ShardWriter:
     """Collects one scene's processed sweeps and errors, then writes and commits its shard atomically.
 
     ``add`` encodes each sweep at once (quantised, about 11 bytes a point + 11 a projected pair kept in
-    memory until ``commit``). ``commit`` writes everything into ``shards/.tmp-<scene>-<host>-<pid>-<uuid>/``,
-    fsyncs it, writes ``manifest.json`` last and renames the folder to ``shards/<scene>`` (atomic on one
-    filesystem; fails if another writer got there first, and then this writer's copy is removed).
+    memory until ``commit``). ``commit`` has zarr encode the group into memory (:func:`encode_group`, the
+    compressed files of the shard: about 8-9 bytes a point more), writes those files and the Parquet tables
+    into ``shards/.tmp-<scene>-<host>-<pid>-<uuid>/``, fsyncs and hashes them as it goes, writes
+    ``manifest.json`` last and renames the folder to ``shards/<scene>`` (atomic on one filesystem; fails if
+    another writer got there first, and then this writer's copy is removed).
     """
 
     def __init__(self, version_dir: str | Path, scene: str, channels: Sequence[str] = CAMERAS):
@@ -632,8 +683,6 @@ class ShardWriter:
 
     def commit(self) -> CommitResult:
         """Write the shard aside and rename it into place; see the class docstring."""
-        import zarr
-
         if is_committed(self.version_dir, self.scene):
             return CommitResult(self.scene, "exists", self.final_path, read_manifest(self.final_path))
         shards = self.final_path.parent
@@ -641,29 +690,29 @@ class ShardWriter:
         tmp = shards / f".tmp-{self.scene}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             arrays = self._concat()
-            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            _write_arrays(group, {name: data for name, data in arrays.items()
-                                  if not (name == "features" and data.shape[1] == 0)})
-            group.attrs.update({
+            blobs = encode_group({name: data for name, data in arrays.items()
+                                  if not (name == "features" and data.shape[1] == 0)}, {
                 "calico_format_version": FORMAT_VERSION, "scene": self.scene, "tokens": self._tokens,
                 "channels": list(self.channels), "xyz_scale": XYZ_SCALE, "uv_scale": UV_SCALE,
                 "depth_scale": DEPTH_SCALE, "features": int(self._features or 0),
                 "flags": {"ground": int(FLAG_GROUND), "finite": int(FLAG_FINITE), "clipped": int(FLAG_CLIPPED)},
             })
-            _write_table(self._rows, sweeps_schema(), tmp / SWEEPS_TABLE)
-            _write_table(self._errors, errors_schema(), tmp / ERRORS_TABLE)
-            files = file_table(tmp)
+            counts = [int(arrays[k][-1]) for k in ("offsets", "proj_offsets", "region_offsets")]
+            del arrays  # the encoded bytes are all that is needed from here on
+            blobs[SWEEPS_TABLE] = _table_bytes(self._rows, sweeps_schema())
+            blobs[ERRORS_TABLE] = _table_bytes(self._errors, errors_schema())
+            tmp.mkdir()
+            files = write_files(tmp, blobs)
+            del blobs
             manifest = {
                 "calico_format_version": FORMAT_VERSION,
                 "scene": self.scene,
-                "counts": {"sweeps": len(self._sweeps), "points": int(arrays["offsets"][-1]),
-                           "pairs": int(arrays["proj_offsets"][-1]), "regions": int(arrays["region_offsets"][-1]),
-                           "errors": len(self._errors)},
+                "counts": {"sweeps": len(self._sweeps), "points": counts[0], "pairs": counts[1],
+                           "regions": counts[2], "errors": len(self._errors)},
                 "bytes": int(sum(v["bytes"] for v in files.values())),
                 "content_sha256": content_hash(files),
                 "files": files,
             }
-            _fsync_all([tmp / rel for rel in files])
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
             _fsync(tmp / MANIFEST)
             try:

@@ -466,23 +466,41 @@ def _cuda_cluster(workers: int):
     return LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(range(n)), threads_per_worker=1, dashboard_address=":0")
 
 
+#: Dask settings of the workers of the local cluster that ``run`` starts. The statistical profiler of each
+#: worker samples the running task's stack every 10 ms from the worker's event loop; with single-threaded
+#: workers on every core that costs 3-5 % of the scene tasks' wall time (``bench/bench_store.py``) for a
+#: dashboard panel this stage does not need. Workers of a cluster given with ``--scheduler`` keep their own
+#: settings (``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False`` in their environment does the same).
+LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
+def local_cluster(workers: int, backend: str = "cpu", processes: bool = True, threads_per_worker: int = 1):
+    """The cluster ``run`` starts without ``--scheduler``: dask-cuda's for the GPU backend, else a LocalCluster
+    of ``workers`` processes (threads with ``processes=False``) of ``threads_per_worker`` threads each, with
+    ``NUMBA_NUM_THREADS`` to match; :data:`LOCAL_WORKER_CONFIG` applies to its workers."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set(LOCAL_WORKER_CONFIG):  # the nannies pass it on to the worker processes
+        if backend == "gpu" and processes:
+            return _cuda_cluster(workers)
+        env = {"NUMBA_NUM_THREADS": str(threads_per_worker), "OMP_NUM_THREADS": str(threads_per_worker)}
+        kw = {"env": env} if processes else {}
+        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
+                            dashboard_address=":0", **kw)
+
+
 def _run_tasks(todo, vdir, cfg_dict, backend, seed, dataroot, summary, workers, scheduler, processes,
                threads_per_worker, progress, log) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
     from tqdm import tqdm
 
     t_start = time.perf_counter()
     cluster = None
     if scheduler:
         client = Client(scheduler)
-    elif backend == "gpu" and processes:
-        cluster = _cuda_cluster(workers)
-        client = Client(cluster)
     else:
-        env = {"NUMBA_NUM_THREADS": str(threads_per_worker), "OMP_NUM_THREADS": str(threads_per_worker)}
-        kw = {"env": env} if processes else {}
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
-                               dashboard_address=":0", **kw)
+        cluster = local_cluster(workers, backend, processes, threads_per_worker)
         client = Client(cluster)
     try:
         nw = max(1, len(client.scheduler_info().get("workers", {})) or workers)

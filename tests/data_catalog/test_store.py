@@ -153,6 +153,35 @@ def test_round_trip_through_the_reader(make_shard):
                        "reason": "truncated"}]
 
 
+def test_sharded_arrays_written_from_memory_match_their_manifest(make_shard, monkeypatch):
+    """With small chunks every per-point array spans many chunks (one Zarr shard file each): the files the writer
+    puts on disk hash as its manifest says (hashed while writing), plain zarr reads them back chunk by chunk,
+    and the features / pixels are bit-shuffled, the coordinates byte-shuffled."""
+    import zarr
+
+    monkeypatch.setattr(st, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(st, "COMPRESS_MIN_BYTES", 1024)
+    vdir, items, res = make_shard(sizes=(3000, 2500, 4000))
+    assert st.file_table(res.path) == res.manifest["files"]
+    assert not [p for p in res.path.rglob("*") if p.name.endswith(".partial")]
+    g = zarr.open_group(str(res.path), mode="r")
+    xyz = g["xyz"]
+    assert xyz.shards is not None and xyz.chunks[0] < xyz.shape[0] // 10
+    want = np.concatenate([st.quantise_xyz(sw.points[:, :3])[0] for sw, _ in items])
+    np.testing.assert_array_equal(xyz[:], want)
+    np.testing.assert_array_equal(xyz[1234:5678], want[1234:5678])
+    np.testing.assert_array_equal(g["region"][:], np.concatenate([r.region for _, r in items]).astype(np.int16))
+    shuffles = {name: json.loads((res.path / name / "zarr.json").read_text())
+                for name in ("xyz", "features", "proj_uv")}
+
+    def blosc(meta):
+        codecs = meta["codecs"]
+        inner = codecs[0]["configuration"]["codecs"] if codecs[0]["name"] == "sharding_indexed" else codecs
+        return next(c["configuration"]["shuffle"] for c in inner if c["name"] == "blosc")
+
+    assert [blosc(shuffles[n]) for n in ("xyz", "features", "proj_uv")] == ["shuffle", "bitshuffle", "bitshuffle"]
+
+
 def test_sweep_reads_only_the_arrays_asked_for(make_shard):
     _, items, res = make_shard(sizes=(100, 200))
     shard = Shard(res.path)
@@ -234,12 +263,25 @@ def test_a_crash_while_writing_leaves_nothing_visible(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(st, "_write_table", boom)
-    with pytest.raises(OSError, match="disk full"):
-        w.commit()
-    assert not (tmp_path / "v" / "shards" / "scene-x").exists()
-    assert st.tmp_dirs(tmp_path / "v") == []
-    assert st.committed_scenes(tmp_path / "v") == []
+    real_write = st._write_file
+    written = []
+
+    def full_after_three(path, data):  # the disk fills up midway through the shard's files
+        if len(written) >= 3:
+            raise OSError(f"[Errno 28] No space left on device: {path}")
+        written.append(path)
+        return real_write(path, data)
+
+    for target, fn, match in ((st, "_table_bytes", "disk full"), (st, "_write_file", "No space left")):
+        monkeypatch.setattr(target, fn, boom if fn == "_table_bytes" else full_after_three)
+        with pytest.raises(OSError, match=match):
+            w.commit()
+        monkeypatch.undo()
+        assert not (tmp_path / "v" / "shards" / "scene-x").exists()
+        assert st.tmp_dirs(tmp_path / "v") == []
+        assert st.committed_scenes(tmp_path / "v") == []
+    assert len(written) == 3  # the second case did write files before it failed, and they are gone
+    assert w.commit().status == "committed"  # the writer still holds its sweeps: a retry commits
 
 
 def test_shard_without_manifest_is_not_visible(tmp_path):

@@ -232,6 +232,27 @@ def test_gpu_local_cluster_needs_dask_cuda():
         pytest.skip("dask-cuda is installed: the error path is not reachable")
 
 
+def _worker_settings():
+    import dask
+
+    return dask.config.get("distributed.worker.profile.enabled"), os.environ.get("NUMBA_NUM_THREADS")
+
+
+@pytest.mark.slow
+def test_local_cluster_workers_run_without_the_profiler():
+    """The workers ``run`` starts do not sample their tasks' stacks every 10 ms (Dask's default), and the
+    driver's own Dask settings are left as they were."""
+    import dask
+    from distributed import Client
+
+    from preprocess.run import local_cluster
+
+    before = dask.config.get("distributed.worker.profile.enabled")
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        assert list(client.run(_worker_settings).values()) == [(False, "1")]
+    assert dask.config.get("distributed.worker.profile.enabled") == before
+
+
 def _route(args):
     """``run``/``verify`` live under ``calico preprocess``, the rest under ``calico catalog``."""
     args = [str(a) for a in args]
