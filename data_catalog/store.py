@@ -121,38 +121,47 @@ def errors_schema():
 # ----------------------------------------------------------------------------------------------------------
 
 
+@njit(cache=True, inline="always")
+def _quantise_point(xyz, i, is_ground, inv_scale, q, flags):
+    """Point i of xyz (N, >= 3): q[i] (int16 x, y, z; 0 where not finite) and flags[i] (ground if is_ground,
+    finite, clipped). Returns 1 if it was clipped, else 0."""
+    x = np.float64(xyz[i, 0])
+    y = np.float64(xyz[i, 1])
+    z = np.float64(xyz[i, 2])
+    f = np.uint8(0)
+    if is_ground:
+        f |= FLAG_GROUND
+    clipped = 0
+    if np.isfinite(x) and np.isfinite(y) and np.isfinite(z):
+        f |= FLAG_FINITE
+        clip = False
+        for k in range(3):
+            v = np.rint(np.float64(xyz[i, k]) * inv_scale)
+            if v > 32767.0:
+                v = 32767.0
+                clip = True
+            elif v < -32767.0:
+                v = -32767.0
+                clip = True
+            q[i, k] = np.int16(v)
+        if clip:
+            f |= FLAG_CLIPPED
+            clipped = 1
+    else:
+        q[i, 0] = 0
+        q[i, 1] = 0
+        q[i, 2] = 0
+    flags[i] = f
+    return clipped
+
+
 @njit(cache=True)
 def _quantise_kernel(xyz, ground, use_ground, inv_scale, q, flags):
     """One pass over xyz (N, >= 3): q (N, 3) int16 (0 where not finite), flags (N,) uint8 (ground if
     use_ground, finite, clipped). Returns the number of clipped points."""
     n_clipped = 0
     for i in range(xyz.shape[0]):
-        x = np.float64(xyz[i, 0])
-        y = np.float64(xyz[i, 1])
-        z = np.float64(xyz[i, 2])
-        f = np.uint8(0)
-        if use_ground and ground[i]:
-            f |= FLAG_GROUND
-        if np.isfinite(x) and np.isfinite(y) and np.isfinite(z):
-            f |= FLAG_FINITE
-            clip = False
-            for k in range(3):
-                v = np.rint(np.float64(xyz[i, k]) * inv_scale)
-                if v > 32767.0:
-                    v = 32767.0
-                    clip = True
-                elif v < -32767.0:
-                    v = -32767.0
-                    clip = True
-                q[i, k] = np.int16(v)
-            if clip:
-                f |= FLAG_CLIPPED
-                n_clipped += 1
-        else:
-            q[i, 0] = 0
-            q[i, 1] = 0
-            q[i, 2] = 0
-        flags[i] = f
+        n_clipped += _quantise_point(xyz, i, use_ground and ground[i], inv_scale, q, flags)
     return n_clipped
 
 
@@ -257,30 +266,32 @@ def float16_columns(pts: np.ndarray, col0: int) -> np.ndarray:
     return out.view(np.float16)
 
 
-@njit(cache=True)
-def _region_kernel(xyz, region):
-    """Per region id present in ``region`` (N,) (ids >= 0, sorted): ids, counts, and the mean, min and max of
-    xyz (N, >= 3) over its points (float64; a non-finite point counts as the origin)."""
+@njit(cache=True, inline="always")
+def _region_top(region):
     top = -1
     for i in range(region.shape[0]):
         top = max(top, region[i])
-    cnt = np.zeros(top + 1, np.int64)
-    acc = np.zeros((top + 1, 3))
-    lo = np.full((top + 1, 3), np.inf)
-    hi = np.full((top + 1, 3), -np.inf)
-    for i in range(region.shape[0]):
-        r = region[i]
-        if r < 0:
-            continue
-        fin = np.isfinite(xyz[i, 0]) and np.isfinite(xyz[i, 1]) and np.isfinite(xyz[i, 2])
-        cnt[r] += 1
-        for k in range(3):
-            v = np.float64(xyz[i, k]) if fin else 0.0
-            acc[r, k] += v
-            lo[r, k] = min(lo[r, k], v)
-            hi[r, k] = max(hi[r, k], v)
+    return top
+
+
+@njit(cache=True, inline="always")
+def _region_add(xyz, i, r, cnt, acc, lo, hi):
+    """Add point i of xyz (N, >= 3) to region r's count, sum, min and max (a non-finite point counts as the
+    origin)."""
+    fin = np.isfinite(xyz[i, 0]) and np.isfinite(xyz[i, 1]) and np.isfinite(xyz[i, 2])
+    cnt[r] += 1
+    for k in range(3):
+        v = np.float64(xyz[i, k]) if fin else 0.0
+        acc[r, k] += v
+        lo[r, k] = min(lo[r, k], v)
+        hi[r, k] = max(hi[r, k], v)
+
+
+@njit(cache=True)
+def _region_finish(cnt, acc, lo, hi):
+    """The regions with points: ids, counts, means, mins, maxs (ids ascending)."""
     m = 0
-    for r in range(top + 1):
+    for r in range(cnt.shape[0]):
         if cnt[r] > 0:
             m += 1
     ids = np.empty(m, np.int64)
@@ -289,7 +300,7 @@ def _region_kernel(xyz, region):
     mins = np.empty((m, 3))
     maxs = np.empty((m, 3))
     j = 0
-    for r in range(top + 1):
+    for r in range(cnt.shape[0]):
         if cnt[r] == 0:
             continue
         ids[j] = r
@@ -302,6 +313,48 @@ def _region_kernel(xyz, region):
     return ids, counts, mean, mins, maxs
 
 
+@njit(cache=True)
+def _region_kernel(xyz, region):
+    """Per region id present in ``region`` (N,) (ids >= 0, sorted): ids, counts, and the mean, min and max of
+    xyz (N, >= 3) over its points (float64; a non-finite point counts as the origin)."""
+    top = _region_top(region)
+    cnt = np.zeros(top + 1, np.int64)
+    acc = np.zeros((top + 1, 3))
+    lo = np.full((top + 1, 3), np.inf)
+    hi = np.full((top + 1, 3), -np.inf)
+    for i in range(region.shape[0]):
+        if region[i] >= 0:
+            _region_add(xyz, i, region[i], cnt, acc, lo, hi)
+    return _region_finish(cnt, acc, lo, hi)
+
+
+@njit(cache=True)
+def _encode_points_kernel(pts, bits, ground, region, inv_scale, q, flags, half):
+    """The per-point encoding of a float32 sweep in one pass over its points: :func:`_quantise_kernel`
+    (q, flags), :func:`_half_kernel` (half: the binary16 bits of columns 3: of ``bits``, pts viewed as uint32)
+    and :func:`_region_kernel` (returned, after the number of clipped points), each point read once."""
+    top = _region_top(region)
+    cnt = np.zeros(top + 1, np.int64)
+    acc = np.zeros((top + 1, 3))
+    lo = np.full((top + 1, 3), np.inf)
+    hi = np.full((top + 1, 3), -np.inf)
+    n_clipped = 0
+    for i in range(pts.shape[0]):
+        n_clipped += _quantise_point(pts, i, ground[i], inv_scale, q, flags)
+        for k in range(half.shape[1]):
+            half[i, k] = _half_bits(bits[i, 3 + k])
+        if region[i] >= 0:
+            _region_add(pts, i, region[i], cnt, acc, lo, hi)
+    ids, counts, mean, mins, maxs = _region_finish(cnt, acc, lo, hi)
+    return n_clipped, ids, counts, mean, mins, maxs
+
+
+def _summaries(ids, counts, mean, mins, maxs) -> dict[str, np.ndarray]:
+    return {"region_id": ids.astype(np.int16), "region_points": counts.astype(np.int32),
+            "region_centroid": mean.astype(np.float32), "region_min": mins.astype(np.float32),
+            "region_max": maxs.astype(np.float32)}
+
+
 def region_summaries(xyz: np.ndarray, region: np.ndarray) -> dict[str, np.ndarray]:
     """Per-region summaries of one sweep: ids int16 (R,), points int32 (R,), centroid/min/max float32 (R, 3).
 
@@ -312,10 +365,7 @@ def region_summaries(xyz: np.ndarray, region: np.ndarray) -> dict[str, np.ndarra
     region = np.asarray(region)
     if region.shape != (xyz.shape[0],) or not np.issubdtype(region.dtype, np.integer):
         raise InputError(f"region must be an ({xyz.shape[0]},) integer array, got {region.shape} {region.dtype}")
-    ids, counts, mean, mins, maxs = _region_kernel(xyz, region)
-    return {"region_id": ids.astype(np.int16), "region_points": counts.astype(np.int32),
-            "region_centroid": mean.astype(np.float32), "region_min": mins.astype(np.float32),
-            "region_max": maxs.astype(np.float32)}
+    return _summaries(*_region_kernel(xyz, region))
 
 
 @dataclass(frozen=True, eq=False)
@@ -337,13 +387,29 @@ class SweepInput:
     cameras: Sequence[CameraCalib] | None = None
 
 
+QUANTILE_NAMES = ("region_size_min", "region_size_p10", "region_size_p50", "region_size_p90", "region_size_max")
+_QUANTILES = np.array([0.0, 0.1, 0.5, 0.9, 1.0])
+
+
 def _quantiles(sizes: np.ndarray) -> dict[str, float]:
+    """``np.quantile(sizes, [0, .1, .5, .9, 1])`` (method "linear"), value for value, in about a tenth of its time
+    (numpy's generic machinery cost 0.1 ms a sweep): the same virtual indices and the same interpolation
+    (numpy's ``_lerp``, which interpolates from the upper neighbour for fractions >= 0.5). Tested against
+    ``np.quantile`` for equality."""
     if sizes.size == 0:
-        return {k: float("nan") for k in ("region_size_min", "region_size_p10", "region_size_p50",
-                                          "region_size_p90", "region_size_max")}
-    q = np.quantile(sizes.astype(np.float64), [0.0, 0.1, 0.5, 0.9, 1.0])
-    return dict(zip(("region_size_min", "region_size_p10", "region_size_p50", "region_size_p90",
-                     "region_size_max"), (float(v) for v in q)))
+        return {k: float("nan") for k in QUANTILE_NAMES}
+    a = np.sort(sizes.astype(np.float64))
+    n = a.size
+    q = _QUANTILES
+    virtual = (n - 1) * q  # numpy's "linear" virtual index
+    lo = np.floor(virtual)
+    t = virtual - lo
+    lo_i = np.clip(lo.astype(np.intp), 0, n - 1)
+    hi_i = np.clip(lo_i + 1, 0, n - 1)
+    below, above = a[lo_i], a[hi_i]
+    diff = above - below
+    out = np.where(t >= 0.5, above - diff * (1.0 - t), below + diff * t)
+    return dict(zip(QUANTILE_NAMES, (float(v) for v in out)))
 
 
 def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dict[str, np.ndarray]:
@@ -361,8 +427,16 @@ def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dic
         pts = pts.astype(np.float64)
     xyz_q = np.empty((n, 3), np.int16)
     flags = np.empty(n, np.uint8)
-    n_clipped = _quantise_kernel(pts, ground, True, 1.0 / XYZ_SCALE, xyz_q, flags)
-    feats = float16_columns(pts, 3)
+    if pts.dtype == np.float32 and pts.flags.c_contiguous:  # as loaded from a point file: one pass
+        half = np.empty((n, pts.shape[1] - 3), np.uint16)
+        n_clipped, *regions = _encode_points_kernel(pts, pts.view(np.uint32), ground, region, 1.0 / XYZ_SCALE,
+                                                    xyz_q, flags, half)
+        feats = half.view(np.float16)
+        summaries = _summaries(*regions)
+    else:
+        n_clipped = _quantise_kernel(pts, ground, True, 1.0 / XYZ_SCALE, xyz_q, flags)
+        feats = float16_columns(pts, 3)
+        summaries = region_summaries(pts, region)
     ncam = len(channels)
     intr = np.full((ncam, 3, 3), np.nan)
     l2c = np.full((ncam, 4, 4), np.nan)
@@ -401,7 +475,7 @@ def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dic
         "ego2global": np.asarray(sweep.ego2global if sweep.ego2global is not None else eye, np.float64)[None],
         "cam_intrinsic": intr[None], "cam_lidar2cam": l2c[None], "cam_size": size[None],
     }
-    out.update(region_summaries(pts, region))
+    out.update(summaries)
     out["_clipped"] = int(n_clipped)
     return out
 
@@ -413,6 +487,10 @@ def warm_up() -> None:
         _quantise_kernel(pts, np.zeros(4, np.bool_), True, 1.0 / XYZ_SCALE, np.empty((4, 3), np.int16),
                          np.empty(4, np.uint8))
         _region_kernel(pts, np.zeros(4, np.int16))
+        if dtype == np.float32:
+            _encode_points_kernel(pts, pts.view(np.uint32), np.zeros(4, np.bool_), np.zeros(4, np.int16),
+                                  1.0 / XYZ_SCALE, np.empty((4, 3), np.int16), np.empty(4, np.uint8),
+                                  np.empty((4, 2), np.uint16))
         _to_uint16(pts[:, :2], UV_SCALE, "warm-up")
         float16_columns(pts, 3)
 

@@ -230,13 +230,15 @@ def _relpath(path, dataroot: str | None) -> str:
 
 def setup_worker(threads: int = 1) -> None:
     """Process settings of a preprocessing worker (idempotent): glibc keeps the kernels' freed scratch memory
-    (:func:`shared.malloc.tune_malloc`) and Blosc compresses with ``threads`` threads (one per worker thread:
-    the workers already use every core)."""
+    (:func:`shared.malloc.tune_malloc`), numpy does not ask for transparent huge pages for the writer's
+    scene-sized arrays (:func:`shared.malloc.numpy_hugepages`), and Blosc compresses with ``threads`` threads
+    (one per worker thread: the workers already use every core)."""
     import numcodecs.blosc
 
-    from shared.malloc import tune_malloc
+    from shared.malloc import numpy_hugepages, tune_malloc
 
     tune_malloc()
+    numpy_hugepages(False)
     if numcodecs.blosc.get_nthreads() != threads:
         numcodecs.blosc.set_nthreads(threads)
 

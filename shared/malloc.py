@@ -8,6 +8,13 @@ call then page-faults its scratch memory in again (about 350-400 minor faults pe
 mmap threshold to glibc's maximum (32 MiB on 64-bit) and the trim threshold, so freed scratch memory is reused
 by the next call instead.
 
+:func:`numpy_hugepages` turns off numpy's ``madvise(MADV_HUGEPAGE)`` on its large arrays (numpy asks the kernel
+for transparent huge pages on every allocation of 4 MiB or more): the store writer's scene-sized arrays (a few
+hundred megabytes a scene, allocated once each) then fault in 2 MiB pages that the kernel zeroes in the
+fault, and concatenating a scene's sweeps took 0.6 instead of 0.3 ms a sweep in a worker on the benchmark
+machine (``bench/bench_store.py``, docs/store.md). Same as ``NUMPY_MADVISE_HUGEPAGE=0`` in the environment
+before numpy is imported, but settable at run time.
+
 Process-wide and idempotent. Called by the preprocessing workers (``preprocess.run``), ``calico preprocess sweep``
 and the kernel benchmark; never at import. Elsewhere than glibc (macOS, musl) it does nothing and returns False.
 The cost is that up to ``trim_threshold`` bytes of freed memory stay mapped in the process.
@@ -18,7 +25,7 @@ import ctypes
 import ctypes.util
 import functools
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_malloc"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "numpy_hugepages", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -52,3 +59,15 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
     return libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
+
+
+def numpy_hugepages(enabled: bool) -> bool | None:
+    """Whether numpy advises transparent huge pages for its large arrays from now on; returns the previous
+    setting, or None where this numpy has no such switch."""
+    import numpy as np
+
+    for core in ("_core", "core"):  # numpy 2, numpy 1 (whose numpy._core is a stub for unpickling)
+        fn = getattr(getattr(getattr(np, core, None), "multiarray", None), "_set_madvise_hugepage", None)
+        if fn is not None:
+            return bool(fn(bool(enabled)))
+    return None

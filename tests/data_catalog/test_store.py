@@ -80,6 +80,51 @@ def test_to_uint16_matches_numpy_and_names_the_value():
             st._to_uint16(np.array([[1.0, bad]]), st.UV_SCALE, "pixel coordinates")
 
 
+def test_region_size_quantiles_equal_numpy():
+    """The sweeps table's region-size quantiles: value for value what np.quantile (linear) gives."""
+    rng = np.random.default_rng(3)
+    for trial in range(3000):
+        n = int(rng.integers(1, 400)) if trial > 2 else trial + 1
+        sizes = (rng.integers(1, 5000, n) if trial % 2 else rng.exponential(100, n).astype(np.int64) + 1)
+        want = np.quantile(sizes.astype(np.float64), [0.0, 0.1, 0.5, 0.9, 1.0])
+        got = st._quantiles(sizes.astype(np.int32))
+        assert [got[k] for k in st.QUANTILE_NAMES] == [float(v) for v in want], (n, sizes)
+    assert all(np.isnan(v) for v in st._quantiles(np.zeros(0, np.int32)).values())
+
+
+def test_one_pass_encoding_equals_the_separate_kernels():
+    """encode_sweep encodes float32 points in one fused pass (quantise, flags, float16, region sums); float64 or
+    strided points take the separate kernels. Both give the same arrays, bit for bit, with NaN rows, clipped
+    coordinates, special feature values (NaN payloads, infinities, subnormals, overflow) and region ids."""
+    rng = np.random.default_rng(11)
+    pts, res, cams = fake_sweep(rng, 5000, "t", nan_rows=40)
+    pts[:5, 1] = [400.0, -400.0, 327.67, -327.675, 1e9]  # clipped, at the limit, far out
+    specials = np.array([0x7F800001, 0xFFC00001, 0x7F800000, 0x33000000, 0x387FFFFF, 0x477FF000, 0x47800000,
+                         0x80000000], np.uint32).view(np.float32)
+    pts[10:18, 3] = specials
+    pts[20:28, 4] = specials[::-1]
+    res.region[res.region == 3] = 250  # a sparse id range
+    wide = np.zeros((5000, 7), np.float32)
+    wide[:, :5] = pts
+    encodings = [st.encode_sweep(st.SweepInput("t", p, cameras=cams), res, CAMERAS)
+                 for p in (pts, pts.astype(np.float64), wide[:, :5])]  # fused, float64, strided
+    assert encodings[0]["_clipped"] >= 3
+    for j, other in enumerate(encodings[1:]):
+        assert other.keys() == encodings[0].keys()
+        for k, v in encodings[0].items():
+            if not isinstance(v, np.ndarray):
+                assert v == other[k], k
+                continue
+            w = other[k]
+            assert v.dtype == w.dtype, k
+            if k == "features" and j == 0:  # float64 NaNs carry other payload bits: NaN where NaN, else equal
+                nan = np.isnan(v)
+                np.testing.assert_array_equal(nan, np.isnan(w))
+                assert nan.sum() >= 4
+                v, w = v[~nan], w[~nan]
+            np.testing.assert_array_equal(v.view(np.uint8), w.view(np.uint8), err_msg=k)
+
+
 def test_region_summaries_match_reference():
     rng = np.random.default_rng(2)
     xyz = rng.normal(size=(3000, 3)) * 10

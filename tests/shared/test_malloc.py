@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from shared.malloc import _libc, tune_malloc
+from shared.malloc import _libc, numpy_hugepages, tune_malloc
 
 pytestmark = pytest.mark.skipif(_libc() is None, reason="no glibc mallopt on this platform")
 
@@ -42,3 +42,15 @@ def test_tuned_process_reuses_freed_blocks():
 
 def test_tune_malloc_is_idempotent():
     assert tune_malloc() is tune_malloc()
+
+
+def test_numpy_hugepage_advice_can_be_switched_off_and_back():
+    before = numpy_hugepages(False)
+    if before is None:
+        pytest.skip("this numpy has no _set_madvise_hugepage")
+    try:
+        assert numpy_hugepages(False) is False  # returns the setting it replaces
+        assert numpy_hugepages(True) is False
+        assert numpy_hugepages(True) is True
+    finally:
+        numpy_hugepages(before)
