@@ -205,13 +205,15 @@ def _uint16_kernel(values, scale, clamp, out):
     return True
 
 
-def _to_uint16(values: np.ndarray, scale: float, what: str, clamp: float = np.inf) -> np.ndarray:
+def _to_uint16(values: np.ndarray, scale: float, what: str, clamp: float = np.inf,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Quantise ``values`` (any shape, float) to uint16 units of ``scale`` after clamping them to ``clamp``
-    (compared in the values' own dtype); InputError naming ``what`` if one falls outside the uint16 range."""
+    (compared in the values' own dtype) into ``out`` (new if None; contiguous uint16 of the same shape);
+    InputError naming ``what`` if one falls outside the uint16 range."""
     values = np.ascontiguousarray(values)
     if values.dtype not in (np.float32, np.float64):
         values = values.astype(np.float64)
-    out = np.empty(values.shape, np.uint16)
+    out = np.empty(values.shape, np.uint16) if out is None else out
     if not _uint16_kernel(values, float(scale), values.dtype.type(clamp), out):
         raise InputError(f"{what} out of the store's range [0, {65535 * scale}] (scale {scale})")
     return out
@@ -412,9 +414,17 @@ def _quantiles(sizes: np.ndarray) -> dict[str, float]:
     return dict(zip(QUANTILE_NAMES, (float(v) for v in out)))
 
 
-def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dict[str, np.ndarray]:
+def _new_array(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    return np.empty(shape, dtype)
+
+
+def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str], alloc=_new_array) -> dict[str, np.ndarray]:
     """Encode one sweep and its ``SweepResult`` (ground, region, projection, aug_params) into the store's
-    per-sweep arrays (see the module docstring); also returns ``_clipped`` (int) for the statistics."""
+    per-sweep arrays (see the module docstring); also returns ``_clipped`` (int) for the statistics.
+
+    ``alloc(name, shape, dtype)`` provides the arrays of :data:`POINT_ARRAYS` and :data:`PAIR_ARRAYS` that the
+    encoding writes into (default: new arrays; :class:`ShardWriter` hands out rows of its scene-long columns,
+    so that a shard needs no concatenation). It may be called before an InputError is raised."""
     pts = np.asarray(sweep.points)
     if pts.ndim != 2 or pts.shape[1] < 3:
         raise InputError(f"sweep {sweep.token}: points must be (N, >= 3), got {pts.shape}", sweep.path or None)
@@ -425,18 +435,19 @@ def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dic
         raise ValueError(f"sweep {sweep.token}: result arrays do not match the {n} points")
     if pts.dtype not in (np.float32, np.float64):
         pts = pts.astype(np.float64)
-    xyz_q = np.empty((n, 3), np.int16)
-    flags = np.empty(n, np.uint8)
+    xyz_q = alloc("xyz", (n, 3), np.int16)
+    flags = alloc("flags", (n,), np.uint8)
+    feats = alloc("features", (n, pts.shape[1] - 3), np.float16)
     if pts.dtype == np.float32 and pts.flags.c_contiguous:  # as loaded from a point file: one pass
-        half = np.empty((n, pts.shape[1] - 3), np.uint16)
         n_clipped, *regions = _encode_points_kernel(pts, pts.view(np.uint32), ground, region, 1.0 / XYZ_SCALE,
-                                                    xyz_q, flags, half)
-        feats = half.view(np.float16)
+                                                    xyz_q, flags, feats.view(np.uint16))
         summaries = _summaries(*regions)
     else:
         n_clipped = _quantise_kernel(pts, ground, True, 1.0 / XYZ_SCALE, xyz_q, flags)
-        feats = float16_columns(pts, 3)
+        feats[...] = float16_columns(pts, 3)
         summaries = region_summaries(pts, region)
+    region_out = alloc("region", (n,), np.int16)
+    region_out[...] = region
     ncam = len(channels)
     intr = np.full((ncam, 3, 3), np.nan)
     l2c = np.full((ncam, 4, 4), np.nan)
@@ -456,18 +467,22 @@ def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str]) -> dic
             bad = [ch for ch, i in zip(proj.channels, cmap) if i < 0]
             raise InputError(f"sweep {sweep.token}: projection camera(s) {bad} not in the store's channels",
                              sweep.path or None)
-        p_point = np.asarray(proj.point, np.int32)
-        p_cam = cmap[np.asarray(proj.cam, np.int64)].astype(np.uint8)
-        p_uv = _to_uint16(proj.uv, UV_SCALE, f"sweep {sweep.token}: pixel coordinates")
-        p_depth = _to_uint16(proj.depth, DEPTH_SCALE, "depth", clamp=65535 * DEPTH_SCALE)
+        m = len(proj)
+        p_uv = _to_uint16(proj.uv, UV_SCALE, f"sweep {sweep.token}: pixel coordinates", out=alloc("proj_uv", (m, 2), np.uint16))
+        p_depth = _to_uint16(proj.depth, DEPTH_SCALE, "depth", clamp=65535 * DEPTH_SCALE,
+                             out=alloc("proj_depth", (m,), np.uint16))
+        p_point = alloc("proj_point", (m,), np.int32)
+        p_point[...] = proj.point
+        p_cam = alloc("proj_cam", (m,), np.uint8)
+        p_cam[...] = cmap[np.asarray(proj.cam, np.int64)]
     else:
-        p_point = np.zeros(0, np.int32)
-        p_cam = np.zeros(0, np.uint8)
-        p_uv = np.zeros((0, 2), np.uint16)
-        p_depth = np.zeros(0, np.uint16)
+        p_uv = alloc("proj_uv", (0, 2), np.uint16)
+        p_depth = alloc("proj_depth", (0,), np.uint16)
+        p_point = alloc("proj_point", (0,), np.int32)
+        p_cam = alloc("proj_cam", (0,), np.uint8)
     eye = np.eye(4)
     out = {
-        "xyz": xyz_q, "flags": flags, "region": region, "features": feats,
+        "xyz": xyz_q, "flags": flags, "region": region_out, "features": feats,
         "proj_point": p_point, "proj_cam": p_cam, "proj_uv": p_uv, "proj_depth": p_depth,
         "timestamp": np.array([sweep.timestamp], np.int64),
         "aug_params": np.asarray(result.aug_params, np.float32)[None],
@@ -672,27 +687,64 @@ def is_committed(version_dir: str | Path, scene: str) -> bool:
     return (shard_dir(version_dir, scene) / MANIFEST).is_file()
 
 
+class _Column:
+    """One of a shard's scene-long flat arrays (:data:`POINT_ARRAYS`, :data:`PAIR_ARRAYS`), filled sweep by
+    sweep in place: :meth:`take` hands out the next rows of a buffer that doubles when full. Capacity that is
+    never written costs address space only (the pages are not touched), so the first buffer is generous."""
+
+    def __init__(self, dtype, tail: tuple[int, ...], capacity: int):
+        self.buf = np.empty((max(1, capacity), *tail), dtype)
+        self.n = 0
+
+    def take(self, rows: int) -> np.ndarray:
+        need = self.n + rows
+        if need > self.buf.shape[0]:
+            grown = np.empty((max(need, 2 * self.buf.shape[0]), *self.buf.shape[1:]), self.buf.dtype)
+            grown[:self.n] = self.buf[:self.n]
+            self.buf = grown
+        view = self.buf[self.n:need]
+        self.n = need
+        return view
+
+    def array(self) -> np.ndarray:
+        return self.buf[:self.n]
+
+
 class ShardWriter:
     """Collects one scene's processed sweeps and errors, then writes and commits its shard atomically.
 
-    ``add`` encodes each sweep at once (quantised, about 11 bytes a point + 11 a projected pair kept in
-    memory until ``commit``). ``commit`` has zarr encode the group into memory (:func:`encode_group`, the
+    ``add`` encodes each sweep at once into the shard's scene-long columns (quantised, about 11 bytes a point
+    + 11 a projected pair kept in memory until ``commit``; ``expected_points``, when known, sizes them so that
+    they never grow). ``commit`` has zarr encode the group into memory (:func:`encode_group`, the
     compressed files of the shard: about 8-9 bytes a point more), writes those files and the Parquet tables
     into ``shards/.tmp-<scene>-<host>-<pid>-<uuid>/``, fsyncs and hashes them as it goes, writes
     ``manifest.json`` last and renames the folder to ``shards/<scene>`` (atomic on one filesystem; fails if
     another writer got there first, and then this writer's copy is removed).
     """
 
-    def __init__(self, version_dir: str | Path, scene: str, channels: Sequence[str] = CAMERAS):
+    #: First capacity of the columns, in rows, without ``expected_points`` (address space, not memory).
+    DEFAULT_ROWS = 1 << 20
+
+    def __init__(self, version_dir: str | Path, scene: str, channels: Sequence[str] = CAMERAS,
+                 expected_points: int | None = None):
         self.version_dir = Path(version_dir)
         self.scene = scene
         self.final_path = shard_dir(self.version_dir, scene)
         self.channels = tuple(channels)
-        self._sweeps: list[dict[str, np.ndarray]] = []
+        self._capacity = int(expected_points) + 1024 if expected_points else self.DEFAULT_ROWS
+        self._columns: dict[str, _Column] = {}
+        self._sweeps: list[dict[str, np.ndarray]] = []  # the small per-sweep and per-region arrays
+        self._sizes: list[tuple[int, int, int]] = []    # points, pairs, regions of each sweep
         self._rows: list[dict[str, Any]] = []
         self._errors: list[dict[str, Any]] = []
         self._tokens: list[str] = []
         self._features: int | None = None
+
+    def _take(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        col = self._columns.get(name)
+        if col is None or (col.n == 0 and col.buf.shape[1:] != tuple(shape[1:])):  # e.g. after a failed 1st sweep
+            col = self._columns[name] = _Column(dtype, tuple(shape[1:]), self._capacity)
+        return col.take(shape[0])
 
     def __len__(self) -> int:
         return len(self._sweeps)
@@ -704,13 +756,29 @@ class ShardWriter:
     def add(self, sweep: SweepInput, result: Any, backend: str = "cpu", load_ms: float = float("nan")) -> None:
         """Add a processed sweep: ``result`` is a ``preprocess.sweep.SweepResult`` (or any object with its
         ``ground``, ``region``, ``projection``, ``aug_params``, ``stats.to_dict()`` and ``timings_ms``)."""
-        enc = encode_sweep(sweep, result, self.channels)
-        f = enc["features"].shape[1]
-        if self._features is None:
-            self._features = f
-        elif f != self._features:
+        shape = np.shape(sweep.points)
+        f = shape[1] - 3 if len(shape) == 2 and shape[1] >= 3 else None
+        if f is not None and self._features is not None and f != self._features:
             raise InputError(f"sweep {sweep.token}: {f} feature columns, the scene's other sweeps have "
                              f"{self._features}", sweep.path or None)
+        mark = {name: col.n for name, col in self._columns.items()}
+        try:
+            enc = encode_sweep(sweep, result, self.channels, alloc=self._take)
+            row = self._row(sweep, result, enc, backend, load_ms)
+        except BaseException:  # give back the rows this sweep took
+            for name, col in self._columns.items():
+                col.n = mark.get(name, 0)
+            raise
+        self._features = f
+        self._sizes.append((enc["flags"].shape[0], enc["proj_cam"].shape[0], enc["region_id"].shape[0]))
+        for name in POINT_ARRAYS + PAIR_ARRAYS:  # those live in the columns
+            del enc[name]
+        self._sweeps.append(enc)
+        self._rows.append(row)
+        self._tokens.append(sweep.token)
+
+    def _row(self, sweep: SweepInput, result: Any, enc: dict, backend: str, load_ms: float) -> dict[str, Any]:
+        """The sweep's row of ``sweeps.parquet`` (pops ``_clipped`` from ``enc``)."""
         clipped = enc.pop("_clipped")
         stats = dict(result.stats.to_dict())
         row: dict[str, Any] = {
@@ -726,9 +794,7 @@ class ShardWriter:
         timings["load"] = load_ms
         for s in TIMING_STAGES:
             row[f"t_{s}_ms"] = float(timings.get(s, float("nan")))
-        self._sweeps.append(enc)
-        self._rows.append(row)
-        self._tokens.append(sweep.token)
+        return row
 
     def add_error(self, token: str, file: str | None, reason: str, stage: str = "process") -> None:
         """Record a sweep that could not be processed (it is left out of the arrays)."""
@@ -752,11 +818,14 @@ class ShardWriter:
         }
         out = {}
         for name, e in empty.items():
+            if name in self._columns:
+                out[name] = self._columns[name].array()  # no copy
+                continue
             parts = [s[name] for s in self._sweeps]
             out[name] = np.concatenate(parts, axis=0) if parts else e
-        for off, key in (("offsets", "flags"), ("proj_offsets", "proj_cam"), ("region_offsets", "region_id")):
-            sizes = [s[key].shape[0] for s in self._sweeps]
-            out[off] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        sizes = np.array(self._sizes, np.int64).reshape(-1, 3)
+        for j, off in enumerate(("offsets", "proj_offsets", "region_offsets")):
+            out[off] = np.concatenate([[0], np.cumsum(sizes[:, j])]).astype(np.int64)
         return out
 
     def commit(self) -> CommitResult:

@@ -266,6 +266,19 @@ def _first_cameras(todo):
     return None
 
 
+def _max_points(plan: ScenePlan) -> int:
+    """At most how many points the plan's point files hold (float32, >= 3 columns: size // 12), for sizing the
+    shard writer's columns; unreadable files count 0 (they become errors)."""
+    total = 0
+    for sp in plan.sweeps:
+        if sp.info is not None:
+            try:
+                total += os.stat(sp.info.path).st_size // 12
+            except OSError:
+                pass
+    return total
+
+
 def process_scene(vdir: str, plan: ScenePlan, cfg_dict: dict, backend: str, seed: int,
                   dataroot: str | None = None) -> dict[str, Any]:
     """Process one scene and commit its shard (runs on a Dask worker). Returns a small result dict:
@@ -285,7 +298,7 @@ def process_scene(vdir: str, plan: ScenePlan, cfg_dict: dict, backend: str, seed
     if st.is_committed(vdir, plan.scene):
         return out
     cfg = SweepConfig.from_dict(cfg_dict)
-    writer = st.ShardWriter(vdir, plan.scene)
+    writer = st.ShardWriter(vdir, plan.scene, expected_points=_max_points(plan))
     write_s = 0.0
     for sp in plan.sweeps:
         if sp.error is not None:

@@ -369,6 +369,40 @@ def test_bad_inputs_to_the_writer_are_named(tmp_path):
         st.ShardWriter(tmp_path / "v", "../evil")
 
 
+def test_failed_sweeps_leave_no_rows_and_columns_grow(tmp_path):
+    """Sweeps that fail midway through their encoding (after their points were written into the shard's
+    columns) leave nothing behind, and columns that outgrow their first capacity keep every row: the shard is
+    the same, file for file, as one written by a writer that never saw the bad sweeps."""
+    from shared.errors import InputError
+
+    rng = np.random.default_rng(4)
+    good = [fake_sweep(rng, n, f"g{i}") for i, n in enumerate((700, 900, 0, 1300))]
+    bad_pts, bad_res, cams = fake_sweep(rng, 600, "bad")
+    bad_res.projection.uv[5, 0] = 9000.0  # pixel out of the store's range: raised after the points are encoded
+
+    def sweep(i):
+        pts, res, c = good[i]
+        return st.SweepInput(f"g{i}", pts, cameras=c), res
+
+    clean = st.ShardWriter(tmp_path / "a", "scene-z")
+    for i in range(4):
+        clean.add(*sweep(i))
+    w = st.ShardWriter(tmp_path / "b", "scene-z", expected_points=100)  # grows several times
+    with pytest.raises(InputError, match="pixel coordinates"):
+        w.add(st.SweepInput("bad", bad_pts, cameras=cams), bad_res)  # fails first: columns created, then emptied
+    for i in range(4):
+        w.add(*sweep(i))
+        if i == 1:
+            with pytest.raises(InputError, match="pixel coordinates"):
+                w.add(st.SweepInput("bad", bad_pts, cameras=cams), bad_res)
+            with pytest.raises(InputError, match="feature columns"):
+                w.add(st.SweepInput("bad", bad_pts[:, :4], cameras=cams), bad_res)
+    assert len(w) == 4 and w._columns["xyz"].buf.shape[0] > 100 + 1024  # it grew
+    a, b = clean.commit(), w.commit()
+    assert a.manifest["content_sha256"] == b.manifest["content_sha256"]
+    assert a.manifest["counts"]["points"] == 2900
+
+
 def test_finalize_and_scene_table(make_shard):
     vdir, items, _ = make_shard("scene-a", sizes=(100, 200), seed=0)
     make_shard("scene-b", sizes=(300,), seed=1, vdir=vdir)
