@@ -414,3 +414,42 @@ def write_report(store: str | Path, version: str | None = None, out_dir: str | P
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return ReportResult(path=path, version=v.id, sweeps_drawn=tuple(chosen), seconds=time.perf_counter() - t0)
+
+
+INDEX = "index.html"
+
+
+def write_index(store: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``<out_dir>/index.html`` (default ``STORE/reports``): every version of the store, oldest first, with
+    its dataset, sweep selection, seed, non-default parameters, scenes committed / expected, and a link to its
+    page when ``<out_dir>/<id>.html`` exists. Self-contained like the pages (no script, nothing fetched); written
+    aside and renamed. ``calico catalog report`` rewrites it after each page."""
+    from data_catalog import store as st
+
+    out = Path(out_dir) if out_dir is not None else Path(store) / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for doc in st.list_versions(store):
+        vid, spec = doc["id"], doc.get("spec", {})
+        vdir = st.version_dir(store, vid)
+        page = out / f"{vid}.html"
+        nd = _non_default(spec.get("config", {}))
+        link = f'<a href="{_e(page.name)}">{_e(vid)}</a>' if page.is_file() else _e(vid)
+        rows.append(f'<tr data-version="{_e(vid)}" data-page="{int(page.is_file())}"><td><code>{link}</code></td>'
+                    f'<td>{_e(doc.get("created", ""))}</td><td>{_e(spec.get("dataset_version", ""))}</td>'
+                    f'<td>{_e(spec.get("sweeps", ""))}</td><td class="num">{_e(spec.get("seed", ""))}</td>'
+                    f'<td class="num">{len(st.committed_scenes(vdir))} / {len(doc.get("scenes", []) or [])}</td>'
+                    f'<td>{", ".join(f"<code>{_e(k)}={_e(val)}</code>" for k, val in nd.items()) or "(defaults)"}'
+                    f"</td></tr>")
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>calico store {_e(Path(store))}'
+            f'</title><style>{_CSS}</style></head><body><h1 id="title">Store <code>{_e(Path(store))}</code></h1>'
+            f'<p class="muted">{len(rows)} version(s), oldest first; index written '
+            f'{_e(time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()))}. A version links to its page when one was '
+            f"written (<code>calico catalog report</code>).</p>"
+            '<table id="versions"><tr><th>version</th><th>created</th><th>dataset</th><th>sweeps</th><th>seed</th>'
+            "<th>scenes</th><th>non-default parameters</th></tr>" + "".join(rows) + "</table></body></html>")
+    path = out / INDEX
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -261,9 +261,10 @@ def report(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Write a static, self-contained HTML page of a version: spec, counts, per-scene statistics, errors,
-    plots (region sizes, ground fraction and clusters per scene) and bird's-eye pictures of regions."""
+    plots (region sizes, ground fraction and clusters per scene) and bird's-eye pictures of regions; then the
+    folder's index.html, every version of the store linked to its page."""
     from data_catalog import store as st
-    from data_catalog.report import ReportConfig, write_report
+    from data_catalog.report import ReportConfig, write_index, write_report
 
     cfg = ReportConfig(sweeps=tuple(sweeps or ()), n_sweeps=n_sweeps)
     ids = [d["id"] for d in st.list_versions(store)] if all_versions else [version]
@@ -275,6 +276,7 @@ def report(
         r = write_report(store, vid, out, cfg, progress=progress)
         typer.echo(f"version {r.version}: {r.path} ({r.path.stat().st_size / 1e3:.0f} kB, "
                    f"{len(r.sweeps_drawn)} sweep(s) drawn, {r.seconds:.1f} s)")
+    typer.echo(f"index of the store's versions: {write_index(store, out)}")
 
 
 @catalog_app.command("gc")

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -168,6 +169,34 @@ def test_strings_from_the_store_are_escaped(catalog_store, tmp_path):
     assert all(i["src"].startswith("data:") for i in page.imgs)
 
 
+def test_index_lists_every_version_and_links_the_written_pages(catalog_store, tmp_path):
+    """Two versions, one page written: both listed oldest first with their scenes and non-default parameters,
+    only the one with a page is a link; strings from the store are escaped."""
+    from data_catalog.report import write_index
+
+    store, vid = catalog_store
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    doc = json.loads((copy / "versions" / vid / "version.json").read_text())
+    other = "f" * 16
+    doc2 = dict(doc, id=other, created_unix=doc["created_unix"] + 1,
+                spec=dict(doc["spec"], config=dict(doc["spec"]["config"],
+                                                   cluster=dict(doc["spec"]["config"]["cluster"], eps=0.77))),
+                scenes=doc["scenes"] + ['<b>"x"</b>'])
+    (copy / "versions" / other).mkdir()
+    (copy / "versions" / other / "version.json").write_text(json.dumps(doc2))
+    write_report(copy, vid, tmp_path / "out", ReportConfig(n_sweeps=0))
+    path = write_index(copy, tmp_path / "out")
+    text = path.read_text()
+    rows = re.findall(r'<tr data-version="(\w+)" data-page="(\d)">(.*?)</tr>', text)
+    assert [(v, p) for v, p, _ in rows] == [(vid, "1"), (other, "0")]
+    assert f'href="{vid}.html"' in text and f'href="{other}.html"' not in text
+    n = len(doc["scenes"])
+    assert f"{n} / {n}" in rows[0][2] and f"0 / {n + 1}" in rows[1][2]
+    assert "cluster.eps=0.77" in rows[1][2] and "(defaults)" in rows[0][2]
+    assert "<script" not in text and "<b>" not in text
+
+
 def test_pick_sweeps_spreads_over_scenes():
     rows = [{"scene": f"s{k}", "index": i, "token": f"s{k}-{i}"} for k in range(5) for i in range(4)]
     got = pick_sweeps(rows, 5)
@@ -194,6 +223,7 @@ def test_cli_report(catalog_store, tmp_path):
                                  "--n-sweeps", "1", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / f"{vid}.html").is_file() and vid in r.output
+    assert "index of the store's versions" in r.output and (tmp_path / "index.html").is_file()
     r = CliRunner().invoke(app, ["catalog", "report", "--store", str(store), "nope", "--no-progress"])
     assert r.exit_code != 0 and isinstance(r.exception, InputError) and "nope" in str(r.exception)
 
