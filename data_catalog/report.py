@@ -21,7 +21,7 @@ import html
 import io
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,11 +270,15 @@ def _fmt(fmt: str, v: Any) -> str:
     return fmt.format(v)
 
 
-def _non_default(config: dict) -> dict:
+def _non_default_html(config: dict, defaults: Mapping[str, Any] | None) -> str:
+    """The parameters of ``config`` that differ from ``defaults`` (the preprocessing defaults, which the caller
+    passes: data_catalog does not import preprocess), as HTML."""
     from data_catalog.version import diff_specs
-    from preprocess.sweep import SweepConfig
 
-    return {k: v[1] for k, v in diff_specs(SweepConfig().to_dict(), config).items()}
+    if defaults is None:
+        return "(not compared: no defaults given)"
+    nd = {k: v[1] for k, v in diff_specs(dict(defaults), config).items()}
+    return ", ".join(f"<code>{_e(k)}={_e(val)}</code>" for k, val in nd.items()) or "(defaults)"
 
 
 @dataclass(frozen=True)
@@ -286,10 +290,13 @@ class ReportResult:
 
 
 def build_html(v: StoreVersion, cfg: ReportConfig = ReportConfig(),
-               progress: Callable[[Iterable, str], Iterable] | None = None) -> tuple[str, list]:
+               progress: Callable[[Iterable, str], Iterable] | None = None,
+               defaults: Mapping[str, Any] | None = None) -> tuple[str, list]:
     """The report page of version ``v`` (a string) and the sweeps drawn [(scene, index, token)].
 
-    ``progress(iterable, description)`` wraps the slow loops (reading shards, drawing sweeps)."""
+    ``progress(iterable, description)`` wraps the slow loops (reading shards, drawing sweeps). ``defaults``: the
+    preprocessing configuration's defaults (``preprocess.sweep.SweepConfig().to_dict()``), to list the
+    version's non-default parameters."""
     wrap = progress or (lambda it, desc: it)
     sweeps = v.sweeps_table().to_pylist()
     errors = v.errors_table().to_pylist()
@@ -325,9 +332,7 @@ def build_html(v: StoreVersion, cfg: ReportConfig = ReportConfig(),
         ("seed", spec.get("seed")), ("code_sha256", spec.get("code_sha256")),
         ("format_version", spec.get("format_version")),
     ]))
-    nd = _non_default(v.config)
-    add("<p>Non-default parameters: " + (", ".join(f"<code>{_e(k)}={_e(val)}</code>" for k, val in nd.items())
-                                         or "(none)") + "</p>")
+    add("<p>Non-default parameters: " + _non_default_html(v.config, defaults) + "</p>")
     add('<h2 id="counts-title">Counts</h2>')
     add(_kv_table("counts", [(k, f"{val:,}") for k, val in counts.items()]))
     if missing:
@@ -395,10 +400,11 @@ def build_html(v: StoreVersion, cfg: ReportConfig = ReportConfig(),
 
 
 def write_report(store: str | Path, version: str | None = None, out_dir: str | Path | None = None,
-                 cfg: ReportConfig = ReportConfig(), progress: bool = False) -> ReportResult:
+                 cfg: ReportConfig = ReportConfig(), progress: bool = False,
+                 defaults: Mapping[str, Any] | None = None) -> ReportResult:
     """Write ``<out_dir>/<id>.html`` (default ``out_dir``: ``STORE/reports``) for version ``version`` (an id or
     unique prefix; the latest when None). The file is written aside and renamed. ``progress``: tqdm bars on
-    stderr for the slow loops."""
+    stderr for the slow loops. ``defaults``: see :func:`build_html`."""
     t0 = time.perf_counter()
     v = open_version(store, version)
     out = Path(out_dir) if out_dir is not None else Path(store) / "reports"
@@ -408,7 +414,7 @@ def write_report(store: str | Path, version: str | None = None, out_dir: str | P
         from tqdm import tqdm
 
         wrap = (lambda it, desc: tqdm(it, desc=desc, unit="", leave=False, delay=0.5))
-    page, chosen = build_html(v, cfg, progress=wrap)
+    page, chosen = build_html(v, cfg, progress=wrap, defaults=defaults)
     path = out / f"{v.id}.html"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -419,11 +425,13 @@ def write_report(store: str | Path, version: str | None = None, out_dir: str | P
 INDEX = "index.html"
 
 
-def write_index(store: str | Path, out_dir: str | Path | None = None) -> Path:
+def write_index(store: str | Path, out_dir: str | Path | None = None,
+                defaults: Mapping[str, Any] | None = None) -> Path:
     """Write ``<out_dir>/index.html`` (default ``STORE/reports``): every version of the store, oldest first, with
     its dataset, sweep selection, seed, non-default parameters, scenes committed / expected, and a link to its
     page when ``<out_dir>/<id>.html`` exists. Self-contained like the pages (no script, nothing fetched); written
-    aside and renamed. ``calico catalog report`` rewrites it after each page."""
+    aside and renamed. ``calico catalog report`` rewrites it after each page. ``defaults``: see
+    :func:`build_html`."""
     from data_catalog import store as st
 
     out = Path(out_dir) if out_dir is not None else Path(store) / "reports"
@@ -433,14 +441,12 @@ def write_index(store: str | Path, out_dir: str | Path | None = None) -> Path:
         vid, spec = doc["id"], doc.get("spec", {})
         vdir = st.version_dir(store, vid)
         page = out / f"{vid}.html"
-        nd = _non_default(spec.get("config", {}))
         link = f'<a href="{_e(page.name)}">{_e(vid)}</a>' if page.is_file() else _e(vid)
         rows.append(f'<tr data-version="{_e(vid)}" data-page="{int(page.is_file())}"><td><code>{link}</code></td>'
                     f'<td>{_e(doc.get("created", ""))}</td><td>{_e(spec.get("dataset_version", ""))}</td>'
                     f'<td>{_e(spec.get("sweeps", ""))}</td><td class="num">{_e(spec.get("seed", ""))}</td>'
                     f'<td class="num">{len(st.committed_scenes(vdir))} / {len(doc.get("scenes", []) or [])}</td>'
-                    f'<td>{", ".join(f"<code>{_e(k)}={_e(val)}</code>" for k, val in nd.items()) or "(defaults)"}'
-                    f"</td></tr>")
+                    f'<td>{_non_default_html(spec.get("config", {}), defaults)}</td></tr>')
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>calico store {_e(Path(store))}'
             f'</title><style>{_CSS}</style></head><body><h1 id="title">Store <code>{_e(Path(store))}</code></h1>'
             f'<p class="muted">{len(rows)} version(s), oldest first; index written '

@@ -91,7 +91,8 @@ def demo(
     console.print("[4/6] store verified (every shard matches its manifest); calico catalog show, stats, report:")
     catalog_show(store=store, version=summary.version, as_json=False)
     catalog_stats(store=store, version=summary.version, as_json=False)
-    page = write_report(store, summary.version, workdir / "reports", ReportConfig(n_sweeps=2))
+    page = write_report(store, summary.version, workdir / "reports", ReportConfig(n_sweeps=2),
+                        defaults=SweepConfig().to_dict())
     console.print(f"      report: {page.path}")
 
     # 5. PRC pre-training, a short schedule (resumes from its last checkpoint when run again)

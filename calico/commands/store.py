@@ -102,11 +102,17 @@ def _console():
     return c if c.is_terminal else Console(width=200)
 
 
-def _non_default(config: dict) -> dict:
-    from data_catalog.version import diff_specs
+def _defaults() -> dict:
+    """The preprocessing defaults that versions are compared with (the CLI may import every wing)."""
     from preprocess.sweep import SweepConfig
 
-    return {k: v[1] for k, v in diff_specs(SweepConfig().to_dict(), config).items()}
+    return SweepConfig().to_dict()
+
+
+def _non_default(config: dict) -> dict:
+    from data_catalog.version import diff_specs
+
+    return {k: v[1] for k, v in diff_specs(_defaults(), config).items()}
 
 
 @catalog_app.command("list")
@@ -273,10 +279,10 @@ def report(
 
         raise ConfigError("version", version, "give a version id or --all, not both")
     for vid in ids:
-        r = write_report(store, vid, out, cfg, progress=progress)
+        r = write_report(store, vid, out, cfg, progress=progress, defaults=_defaults())
         typer.echo(f"version {r.version}: {r.path} ({r.path.stat().st_size / 1e3:.0f} kB, "
                    f"{len(r.sweeps_drawn)} sweep(s) drawn, {r.seconds:.1f} s)")
-    typer.echo(f"index of the store's versions: {write_index(store, out)}")
+    typer.echo(f"index of the store's versions: {write_index(store, out, defaults=_defaults())}")
 
 
 @catalog_app.command("gc")

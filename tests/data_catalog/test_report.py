@@ -185,8 +185,10 @@ def test_index_lists_every_version_and_links_the_written_pages(catalog_store, tm
                 scenes=doc["scenes"] + ['<b>"x"</b>'])
     (copy / "versions" / other).mkdir()
     (copy / "versions" / other / "version.json").write_text(json.dumps(doc2))
+    from preprocess.sweep import SweepConfig  # the caller (the CLI) passes the defaults
+
     write_report(copy, vid, tmp_path / "out", ReportConfig(n_sweeps=0))
-    path = write_index(copy, tmp_path / "out")
+    path = write_index(copy, tmp_path / "out", defaults=SweepConfig().to_dict())
     text = path.read_text()
     rows = re.findall(r'<tr data-version="(\w+)" data-page="(\d)">(.*?)</tr>', text)
     assert [(v, p) for v, p, _ in rows] == [(vid, "1"), (other, "0")]
@@ -195,6 +197,7 @@ def test_index_lists_every_version_and_links_the_written_pages(catalog_store, tm
     assert f"{n} / {n}" in rows[0][2] and f"0 / {n + 1}" in rows[1][2]
     assert "cluster.eps=0.77" in rows[1][2] and "(defaults)" in rows[0][2]
     assert "<script" not in text and "<b>" not in text
+    assert "not compared" in write_index(copy, tmp_path / "out").read_text()
 
 
 def test_pick_sweeps_spreads_over_scenes():
@@ -271,3 +274,20 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     r = _chromium(f"--screenshot={shot2}", "--window-size=1280,2000", broken.as_uri(), tmp=tmp_path)
     assert r.returncode == 0 and shot2.is_file(), r.stderr[-2000:]
     assert blue > 2000 and _blue_pixels(shot2) < blue / 20
+
+
+
+def test_data_catalog_never_imports_preprocess_or_train():
+    """The store's owner does not depend on what computes or consumes the stored numbers (the CLI passes the
+    preprocessing defaults to the report): no import of them anywhere in data_catalog/, inside functions too."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "data_catalog"
+    bad = []
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            bad += [f"{f.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in ("preprocess", "train")]
+    assert len(list(root.rglob("*.py"))) >= 6
+    assert bad == []
