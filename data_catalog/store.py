@@ -496,7 +496,13 @@ def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str], alloc=
 
 
 def warm_up() -> None:
-    """Load (or compile) the encoder's Numba kernels on a tiny input, float32 and float64 (before timed work)."""
+    """Pay the writer's one-off costs before timed work: load (or compile) the encoder's Numba kernels on a tiny
+    input, float32 and float64, and encode a tiny group and table in memory, so that zarr, its Blosc codec and
+    pyarrow's Parquet writer are imported and initialised (about 0.2 s, which the first scene of a worker
+    otherwise paid)."""
+    encode_group({"raw": np.zeros((4, 3), np.int16), "blosc": np.zeros(COMPRESS_MIN_BYTES // 2, np.int16)},
+                 {"warm_up": True})
+    _table_bytes([], sweeps_schema())
     for dtype in (np.float32, np.float64):
         pts = np.zeros((4, 5), dtype)
         _quantise_kernel(pts, np.zeros(4, np.bool_), True, 1.0 / XYZ_SCALE, np.empty((4, 3), np.int16),
