@@ -468,7 +468,8 @@ def encode_sweep(sweep: SweepInput, result: Any, channels: Sequence[str], alloc=
             raise InputError(f"sweep {sweep.token}: projection camera(s) {bad} not in the store's channels",
                              sweep.path or None)
         m = len(proj)
-        p_uv = _to_uint16(proj.uv, UV_SCALE, f"sweep {sweep.token}: pixel coordinates", out=alloc("proj_uv", (m, 2), np.uint16))
+        p_uv = _to_uint16(proj.uv, UV_SCALE, f"sweep {sweep.token}: pixel coordinates",
+                          out=alloc("proj_uv", (m, 2), np.uint16))
         p_depth = _to_uint16(proj.depth, DEPTH_SCALE, "depth", clamp=65535 * DEPTH_SCALE,
                              out=alloc("proj_depth", (m,), np.uint16))
         p_point = alloc("proj_point", (m,), np.int32)
