@@ -721,8 +721,8 @@ class ShardWriter:
     """Collects one scene's processed sweeps and errors, then writes and commits its shard atomically.
 
     ``add`` encodes each sweep at once into the shard's scene-long columns (quantised, about 11 bytes a point
-    + 11 a projected pair kept in memory until ``commit``; ``expected_points``, when known, sizes them so that
-    they never grow). ``commit`` has zarr encode the group into memory (:func:`encode_group`, the
+    + 11 a projected pair kept in memory until ``commit``; ``expected_points``, an upper bound on the scene's
+    points when known, sizes them so that the point columns never grow). ``commit`` has zarr encode the group into memory (:func:`encode_group`, the
     compressed files of the shard: about 8-9 bytes a point more), writes those files and the Parquet tables
     into ``shards/.tmp-<scene>-<host>-<pid>-<uuid>/``, fsyncs and hashes them as it goes, writes
     ``manifest.json`` last and renames the folder to ``shards/<scene>`` (atomic on one filesystem; fails if
@@ -852,7 +852,7 @@ class ShardWriter:
                 "flags": {"ground": int(FLAG_GROUND), "finite": int(FLAG_FINITE), "clipped": int(FLAG_CLIPPED)},
             })
             counts = [int(arrays[k][-1]) for k in ("offsets", "proj_offsets", "region_offsets")]
-            del arrays  # the encoded bytes are all that is needed from here on
+            del arrays  # (the columns stay with the writer: a failed commit can be retried)
             blobs[SWEEPS_TABLE] = _table_bytes(self._rows, sweeps_schema())
             blobs[ERRORS_TABLE] = _table_bytes(self._errors, errors_schema())
             tmp.mkdir()
