@@ -71,8 +71,9 @@ def _floor(st, writer, repeats):
             data = np.ascontiguousarray(data)
             if data.nbytes < st.COMPRESS_MIN_BYTES:
                 continue
-            codec = Blosc(cname="lz4", clevel=5,
-                          shuffle=Blosc.BITSHUFFLE if name in st.BITSHUFFLE_ARRAYS else Blosc.SHUFFLE)
+            zc = st._compressors(name)[0]  # the store's own settings, applied through numcodecs alone
+            codec = Blosc(cname=zc.cname.value, clevel=zc.clevel,
+                          shuffle=Blosc.BITSHUFFLE if zc.shuffle.value == "bitshuffle" else Blosc.SHUFFLE)
             rows = st._array_layout(data)[0][0]
             out += [codec.encode(data[i:i + rows]) for i in range(0, data.shape[0], rows)]
         t1 = time.perf_counter()

@@ -273,11 +273,11 @@ def _fmt(fmt: str, v: Any) -> str:
 def _non_default_html(config: dict, defaults: Mapping[str, Any] | None) -> str:
     """The parameters of ``config`` that differ from ``defaults`` (the preprocessing defaults, which the caller
     passes: data_catalog does not import preprocess), as HTML."""
-    from data_catalog.version import diff_specs
+    from data_catalog.version import non_default
 
     if defaults is None:
         return "(not compared: no defaults given)"
-    nd = {k: v[1] for k, v in diff_specs(dict(defaults), config).items()}
+    nd = non_default(defaults, config)
     return ", ".join(f"<code>{_e(k)}={_e(val)}</code>" for k, val in nd.items()) or "(defaults)"
 
 

@@ -722,8 +722,9 @@ class ShardWriter:
 
     ``add`` encodes each sweep at once into the shard's scene-long columns (quantised, about 11 bytes a point
     + 11 a projected pair kept in memory until ``commit``; ``expected_points``, an upper bound on the scene's
-    points when known, sizes them so that the point columns never grow). ``commit`` has zarr encode the group into memory (:func:`encode_group`, the
-    compressed files of the shard: about 8-9 bytes a point more), writes those files and the Parquet tables
+    points when known, sizes them so that the point columns never grow). ``commit`` has zarr encode the group
+    into memory (:func:`encode_group`, the compressed files of the shard: about 8-9 bytes a point more),
+    writes those files and the Parquet tables
     into ``shards/.tmp-<scene>-<host>-<pid>-<uuid>/``, fsyncs and hashes them as it goes, writes
     ``manifest.json`` last and renames the folder to ``shards/<scene>`` (atomic on one filesystem; fails if
     another writer got there first, and then this writer's copy is removed).
@@ -867,8 +868,7 @@ class ShardWriter:
                 "content_sha256": content_hash(files),
                 "files": files,
             }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-            _fsync(tmp / MANIFEST)
+            _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
             try:
                 os.rename(tmp, self.final_path)
             except OSError:

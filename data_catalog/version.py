@@ -201,3 +201,8 @@ def diff_specs(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> 
         elif va != vb:
             out[key] = (None if va is _MISSING else va, None if vb is _MISSING else vb)
     return out
+
+
+def non_default(defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """``{dotted.key: value}`` of the parameters of ``config`` that differ from ``defaults``."""
+    return {k: v[1] for k, v in diff_specs(defaults, config).items()}

@@ -110,9 +110,9 @@ def _defaults() -> dict:
 
 
 def _non_default(config: dict) -> dict:
-    from data_catalog.version import diff_specs
+    from data_catalog.version import non_default
 
-    return {k: v[1] for k, v in diff_specs(_defaults(), config).items()}
+    return non_default(_defaults(), config)
 
 
 @catalog_app.command("list")
