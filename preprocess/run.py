@@ -482,10 +482,9 @@ def _cuda_cluster(workers: int):
 
 
 #: Dask settings of the workers of the local cluster that ``run`` starts. The statistical profiler of each
-#: worker samples the running task's stack every 10 ms from the worker's event loop; with single-threaded
-#: workers that cost about 2-5 % of the scene tasks' wall time (two pairs of one-worker runs over three scenes
-#: of the generated ``mini`` preset: 10.6 s with it, 10.1-10.3 s without) for a dashboard panel this stage does
-#: not need. Workers of a cluster given with ``--scheduler`` keep their own settings
+#: worker samples the running task's stack every 10 ms from the worker's event loop, for a dashboard panel this
+#: stage does not need; off, single-threaded workers ran 0-4 % faster (``bench/bench_run.py --workers 1
+#: [--dask-profiler]``, docs/store.md). Workers of a cluster given with ``--scheduler`` keep their own settings
 #: (``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False`` in their environment does the same).
 LOCAL_WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 

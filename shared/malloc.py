@@ -11,8 +11,8 @@ by the next call instead.
 :func:`numpy_hugepages` turns off numpy's ``madvise(MADV_HUGEPAGE)`` on its large arrays (numpy asks the kernel
 for transparent huge pages on every allocation of 4 MiB or more): the store writer's scene-sized arrays (a few
 hundred megabytes a scene, allocated once each) then fault in 2 MiB pages that the kernel zeroes in the
-fault, and concatenating a scene's sweeps took 0.6 instead of 0.3 ms a sweep in a worker on the benchmark
-machine (``bench/bench_store.py``, docs/store.md). Same as ``NUMPY_MADVISE_HUGEPAGE=0`` in the environment
+fault: writing a sweep took 3.0 instead of 2.0 ms on the benchmark machine (``bench/bench_run.py
+--numpy-hugepages``, docs/store.md). Same as ``NUMPY_MADVISE_HUGEPAGE=0`` in the environment
 before numpy is imported, but settable at run time.
 
 Process-wide and idempotent. Called by the preprocessing workers (``preprocess.run``), ``calico preprocess sweep``
