@@ -72,3 +72,20 @@ def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, float, object]:
 def median_ms(fn, repeats: int, warmup: bool = True) -> float:
     """Median milliseconds of ``repeats`` calls (see :func:`timed`)."""
     return timed(fn, repeats, warmup)[0]
+
+
+def add_timer(totals, obj, name: str) -> None:
+    """Wrap ``obj.name`` so that its wall time is added to ``totals[name]`` (a defaultdict(float)); a name that
+    ``obj`` lacks (an older checkout) is left out."""
+    fn = getattr(obj, name, None)
+    if fn is None:
+        return
+
+    def wrapped(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            totals[name] += time.perf_counter() - t0
+
+    setattr(obj, name, wrapped)

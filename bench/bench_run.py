@@ -22,24 +22,9 @@ import argparse
 import resource
 import shutil
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
-
-def _timer(totals, obj, name):
-    fn = getattr(obj, name, None)
-    if fn is None:  # an older writer without that step (to compare commits)
-        return
-
-    def wrapped(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            totals[name] += time.perf_counter() - t0
-
-    setattr(obj, name, wrapped)
 
 
 def main(argv=None) -> None:
@@ -64,9 +49,9 @@ def main(argv=None) -> None:
         R.LOCAL_WORKER_CONFIG = {}
     totals: dict[str, float] = defaultdict(float)
     for name in ("encode_group", "write_files"):
-        _timer(totals, st, name)
+        _common.add_timer(totals, st, name)
     for name in ("add", "commit", "_concat"):
-        _timer(totals, st.ShardWriter, name)
+        _common.add_timer(totals, st.ShardWriter, name)
     scenes = [s["name"] for s in iter_scenes(open_nuscenes(args.dataroot, args.version))][:args.scenes]
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))

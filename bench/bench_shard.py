@@ -31,19 +31,6 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def _timer(totals, obj, name):
-    """Wrap ``obj.name`` so that its wall time is added to ``totals[name]``."""
-    fn = getattr(obj, name)
-
-    def wrapped(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            totals[name] += time.perf_counter() - t0
-
-    setattr(obj, name, wrapped)
-
 
 def _filled_writer(st, scene, vdir, items):
     w = st.ShardWriter(vdir, scene)
@@ -129,8 +116,8 @@ def main(argv=None) -> int:
                                         cameras=info.cameras), res))
         totals = defaultdict(float)
         for name in ("encode_group", "write_files", "_table_bytes"):
-            _timer(totals, st, name)
-        _timer(totals, st.ShardWriter, "_concat")
+            _common.add_timer(totals, st, name)
+        _common.add_timer(totals, st.ShardWriter, "_concat")
         add_ms, commit_ms, parts = [], [], defaultdict(list)
         for r in range(args.repeats + 1):
             vdir = tmp / f"v{r}"
