@@ -68,7 +68,7 @@ def step_rate(cfg, steps: int) -> tuple[float, float]:
     from torch.utils.data import DataLoader
 
     from train.data import PRCStream, collate_prc
-    from train.prc import PRCModel
+    from train.tasks.prc import PRCModel
 
     d = cfg.data
     stream = PRCStream(d.store, d.version, n_rich=d.n_rich, n_less=d.n_less, seed=d.seed,

@@ -65,8 +65,8 @@ def run_one(config: str, b: int, n_points: int, steps: int, device: str) -> dict
     """Time ``steps`` training steps of one configuration in this process; returns a JSON-able dict."""
     import torch
 
-    from train.pointpillars import PointPillarsConfig
-    from train.prc import PRCConfig, PRCModel
+    from train.models.pointpillars import PointPillarsConfig
+    from train.tasks.prc import PRCConfig, PRCModel
 
     torch.manual_seed(0)
     bb = PointPillarsConfig.small() if config == "small" else PointPillarsConfig()

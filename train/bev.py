@@ -1,6 +1,6 @@
 """Bilinear reading of BEV feature maps at metric xy points.
 
-The map is assumed to cover exactly the xy part of ``point_range`` (see :mod:`train.pointpillars`): pixel (i, j)
+The map is assumed to cover exactly the xy part of ``point_range`` (see :mod:`train.models.pointpillars`): pixel (i, j)
 has its centre at ``(x0 + (j + 0.5) * cell, y0 + (i + 0.5) * cell)``. With ``align_corners=False`` the
 normalised ``grid_sample`` coordinate is then simply ``2 * (x - x0) / (x1 - x0) - 1``, consistent with
 ``PointPillars.xy_to_grid``. Points outside the map read zero-padded values (``padding_mode='zeros'``): callers

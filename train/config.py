@@ -5,8 +5,8 @@ grid) and :func:`nuscenes` (the paper's setting: +-51.2 m, pillar 0.2 m, 512x512
 JSON-able values (stored in every checkpoint), ``from_dict`` reads them back, :func:`with_overrides` applies
 ``section.field=value`` strings (the CLI's ``--set``).
 
-``model`` is a dict with ``backbone`` (the fields of :class:`train.pointpillars.PointPillarsConfig`) and ``prc``
-(the other fields of :class:`train.prc.PRCConfig` but ``n_rich``/``n_less``, which come from ``data``);
+``model`` is a dict with ``backbone`` (the fields of :class:`train.model_config.PointPillarsConfig`) and ``prc``
+(the other fields of :class:`train.model_config.PRCConfig` but ``n_rich``/``n_less``, which come from ``data``);
 :attr:`TrainConfig.prc` builds (and so validates) those dataclasses.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import ConfigError
-from train.pointpillars import PointPillarsConfig
-from train.prc import PRCConfig
+from train.model_config import PointPillarsConfig
+from train.model_config import PRCConfig
 
 
 def _int(name: str, v, lo: int) -> None:
@@ -72,6 +72,61 @@ class DataConfig:
         r = self.point_range
         if len(r) != 6 or not all(math.isfinite(v) for v in r) or not all(r[i] < r[i + 3] for i in range(3)):
             raise ConfigError("data.point_range", r, "must be (x0, y0, z0, x1, y1, z1), finite, min < max")
+
+
+IMAGE_DECODERS = ("torchvision", "pillow")
+MISSING_IMAGE = ("error", "mask")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Camera images of a keyframe, for the camera streams (RAD, camera fine-tuning).
+
+    dataroot: nuScenes dataroot holding the images (None: the one the store version's lineage names); it must
+    match the version's input manifest. size: (H, W) network input, must equal ``model.camera.image_size``.
+    resize: training resize factor range, relative to the factor that fits the stored image's width to
+    ``size[1]`` (nuScenes 1600 -> 704 with (0.86, 1.25) is BEVFusion's absolute (0.38, 0.55)); evaluation uses
+    1.0. crop_bottom: (lo, hi) fraction of the resized height cut off at the bottom before the crop's top is
+    placed [BEVFusion: (0.0, 0.0)]. rotate: max |in-plane rotation| in degrees [BEVFusion: 5.4]. flip: random
+    horizontal flips. decoder: JPEG decoding with ``torchvision.io.decode_jpeg`` or Pillow. missing: ``error``
+    (a missing or unreadable image is an error naming the file) or ``mask`` (the camera is masked out of the
+    sample and counted). augment: False for evaluation (fixed resize 1.0, centred crop, no flip or rotation).
+    mean/std: per-channel normalisation of RGB in [0, 1] (ImageNet's, as timm's backbones expect).
+    """
+
+    dataroot: str | None = None
+    size: tuple[int, int] = (256, 704)
+    resize: tuple[float, float] = (0.86, 1.25)
+    crop_bottom: tuple[float, float] = (0.0, 0.0)
+    rotate: float = 5.4
+    flip: bool = True
+    decoder: str = "torchvision"
+    missing: str = "error"
+    augment: bool = True
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self):
+        for name in ("size", "resize", "crop_bottom", "mean", "std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.dataroot is not None:
+            object.__setattr__(self, "dataroot", str(self.dataroot))
+        if len(self.size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8
+                                          for v in self.size):
+            raise ConfigError("images.size", self.size, "must be (height, width), integers >= 8")
+        lo, hi = (tuple(self.resize) + (0, 0))[:2]
+        if len(self.resize) != 2 or not (0 < lo <= hi) or not all(math.isfinite(v) for v in self.resize):
+            raise ConfigError("images.resize", self.resize, "must be (lo, hi) with 0 < lo <= hi")
+        cb = self.crop_bottom
+        if len(cb) != 2 or not (0.0 <= cb[0] <= cb[1] < 1.0):
+            raise ConfigError("images.crop_bottom", cb, "must be (lo, hi) with 0 <= lo <= hi < 1")
+        _pos("images.rotate", self.rotate, allow_zero=True)
+        if self.decoder not in IMAGE_DECODERS:
+            raise ConfigError("images.decoder", self.decoder, f"must be one of {', '.join(IMAGE_DECODERS)}")
+        if self.missing not in MISSING_IMAGE:
+            raise ConfigError("images.missing", self.missing, f"must be one of {', '.join(MISSING_IMAGE)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(v > 0 for v in self.std):
+            raise ConfigError("images.std", self.std, "mean and std need 3 values, std > 0")
 
 
 @dataclass(frozen=True)

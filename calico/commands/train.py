@@ -67,7 +67,7 @@ def probe(
 ) -> None:
     """Linear probe (object classes) and nearest-neighbour (regions) accuracy on held-out scenes of a
     pre-trained backbone against the same backbone randomly initialised."""
-    from train.probe import ProbeConfig, compare, format_table
+    from train.eval.probe import ProbeConfig, compare, format_table
 
     result = compare(checkpoint, store, version=version, dataroot=dataroot,
                      cfg=ProbeConfig(points_per_sweep=points, seed=seed, use_head=head))

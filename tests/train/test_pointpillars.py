@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shared.errors import ConfigError
-from train.pointpillars import PointPillars, PointPillarsConfig
+from train.models.pointpillars import PointPillars, PointPillarsConfig
 
 
 def tiny_cfg(**kw) -> PointPillarsConfig:

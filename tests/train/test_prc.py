@@ -9,8 +9,8 @@ from shared import augment_params
 from shared.errors import ConfigError
 from train.bev import in_range, sample_bev, sample_bev_batched
 from train.losses import plrc_loss, rapc_loss
-from train.pointpillars import PointPillars, PointPillarsConfig
-from train.prc import PRCConfig, PRCModel
+from train.models.pointpillars import PointPillars, PointPillarsConfig
+from train.tasks.prc import PRCConfig, PRCModel
 
 RANGE = (0.0, 0.0, -1.0, 2.0, 2.0, 1.0)  # a 2 m square; a 2x2 map has 1 m cells centred at 0.5 and 1.5
 

@@ -12,7 +12,7 @@ from data_catalog.reader import open_version
 from shared.errors import ConfigError, InputError
 from train.config import small, with_overrides
 from train.loop import pretrain_prc
-from train.probe import (
+from train.eval.probe import (
     CLASSES,
     SCORE_KEYS,
     ProbeConfig,

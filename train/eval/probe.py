@@ -42,9 +42,9 @@ import torch
 from data_catalog.reader import StoreVersion, open_version
 from shared.errors import ConfigError, InputError
 
-from .bev import in_range, sample_bev_batched
-from .checkpoint import latest_checkpoint, load_checkpoint
-from .config import TrainConfig
+from train.bev import in_range, sample_bev_batched
+from train.checkpoint import latest_checkpoint, load_checkpoint
+from train.config import TrainConfig
 
 #: Class names of the labels: index 0 is background, then nuScenes' detection classes.
 CLASSES: tuple[str, ...] = ("background", "car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian",
@@ -290,7 +290,7 @@ def load_model(checkpoint: str | Path, random_init: bool = False, seed: int | No
     (default seed: the config's ``data.seed``, as the training loop does, so: the run's initial weights).
     The global torch RNG is left as it was.
     """
-    from .prc import PRCModel
+    from train.tasks.prc import PRCModel
 
     path = Path(checkpoint)
     if path.is_dir():

@@ -14,63 +14,14 @@ Both losses are symmetrised here: the mean of view 0 -> view 1 and view 1 -> vie
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.errors import ConfigError
-
-from .bev import in_range, sample_bev_batched
-from .losses import masked_log_softmax, plrc_from_log_probs, rapc_from_log_probs
-from .pointpillars import PointPillars, PointPillarsConfig
-
-
-@dataclass(frozen=True)
-class PRCConfig:
-    """PRC configuration.
-
-    Fields:
-        backbone: the PointPillars configuration.
-        alpha: weight of PLRC in the total loss (RAPC gets 1 - alpha), in [0, 1].
-        tau: temperature of both losses, > 0.
-        proj_hidden, proj_out: projection MLP widths (Linear-ReLU-Linear).
-        n_rich, n_less: semantic-rich and semantic-less points sampled per scan (used by the data side).
-    """
-
-    backbone: PointPillarsConfig = field(default_factory=PointPillarsConfig)
-    alpha: float = 0.5
-    tau: float = 0.1
-    proj_hidden: int = 128
-    proj_out: int = 64
-    n_rich: int = 1024
-    n_less: int = 1024
-
-    def __post_init__(self):
-        if not isinstance(self.backbone, PointPillarsConfig):
-            raise ConfigError("backbone", self.backbone, "must be a PointPillarsConfig")
-        if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
-            raise ConfigError("alpha", self.alpha, "must be a number in [0, 1]")
-        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau > 0):
-            raise ConfigError("tau", self.tau, "must be a finite number > 0")
-        for name in ("proj_hidden", "proj_out", "n_rich", "n_less"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                raise ConfigError(name, v, "must be an integer >= 1")
-
-    @classmethod
-    def small(cls, **kw) -> PRCConfig:
-        """CPU preset: the small backbone, 256 + 256 sampled points."""
-        kw.setdefault("n_rich", 256)
-        kw.setdefault("n_less", 256)
-        return cls(backbone=PointPillarsConfig.small(), **kw)
-
-    @property
-    def n_samples(self) -> int:
-        """K = n_rich + n_less sampled points per scan."""
-        return self.n_rich + self.n_less
+from train.bev import in_range, sample_bev_batched
+from train.losses import masked_log_softmax, plrc_from_log_probs, rapc_from_log_probs
+from train.model_config import PRCConfig
+from train.models.pointpillars import PointPillars
 
 
 class ProjectionHead(nn.Module):
