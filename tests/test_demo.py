@@ -10,7 +10,7 @@ from shared.paths import REPO_ROOT
 
 def _demo(workdir, *extra):
     return subprocess.run([sys.executable, "-m", "calico", "demo", "--workdir", str(workdir), "--preset", "tiny",
-                           "--workers", "1", "--train-steps", "4", *extra], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+                           "--workers", "1", "--train-steps", "4", "--rad-steps", "2", *extra], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
 
 
 @pytest.mark.slow
@@ -19,8 +19,8 @@ def test_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path):
     first = _demo(work)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
-    for step in ("[1/6] generating", "[2/6] nuscenes-devkit loaded", "[3/6]", "[4/6] store verified",
-                 "[5/6] PRC pre-training", "[6/6]"):
+    for step in ("[1/7] generating", "[2/7] nuscenes-devkit loaded", "[3/7]", "[4/7] store verified",
+                 "[5/7] PRC pre-training", "[6/7] RAD distillation", "[7/7]"):
         assert step in out
     versions = list((work / "store" / "versions").iterdir())
     assert len(versions) == 1
@@ -33,11 +33,12 @@ def test_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path):
 
     second = _demo(work, "--no-evaluate")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "[1/6] reusing" in second.stdout and "already committed" in second.stdout + second.stderr
+    assert "[1/7] reusing" in second.stdout and "already committed" in second.stdout + second.stderr
     assert {p: p.stat().st_mtime_ns for p in versions[0].rglob("manifest.json")} == mtimes  # nothing rewritten
     assert list((work / "store" / "versions").iterdir()) == versions
-    runs = list((work / "runs").iterdir())
-    assert len(runs) == 1 and (runs[0] / "metrics.jsonl").is_file() and (runs[0] / "loss.png").is_file()
+    runs = sorted((work / "runs").iterdir())
+    assert [r.name.split("-")[0] for r in runs] == ["prc", "rad"]
+    assert all((r / "metrics.jsonl").is_file() and (r / "loss.png").is_file() for r in runs)
 
 
 def test_demo_refuses_a_workdir_holding_another_dataset(tmp_path):

@@ -76,3 +76,62 @@ def load_checkpoint(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # truncated or not one
         raise InputError(f"cannot read checkpoint: {exc}", path) from None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's latest checkpoint; :class:`InputError` naming the path otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        found = latest_checkpoint(p)
+        if found is None:
+            raise InputError("no checkpoint in this run folder (expected checkpoints/step-*.pt)", p)
+        return found
+    if not p.is_file():
+        raise InputError("checkpoint not found", p)
+    return p
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def load_backbone(module: torch.nn.Module, checkpoint: str | Path, prefix: str = "backbone.",
+                  expected: dict | None = None, section: str = "backbone") -> dict:
+    """Load the weights under ``prefix`` of a training checkpoint (file or run folder) into ``module``.
+
+    For a RAD teacher and for fine-tuning initialisation. ``expected``: the configuration ``module`` was built
+    with (the fields of ``model.<section>``, e.g. ``dataclasses.asdict(PointPillarsConfig)``); a checkpoint whose
+    ``config.model.<section>`` differs is refused with a :class:`ConfigError` naming the differing fields, as is
+    one without weights under ``prefix`` (:class:`InputError`). The load is strict (every parameter and buffer of
+    ``module``, nothing else under ``prefix``).
+
+    Returns ``{"path", "sha256", "step", "store_version", "task", "config"}`` of the checkpoint (its identity, to be
+    recorded by whoever loaded it).
+    """
+    from data_catalog.version import diff_specs, sha256_file
+    from shared.errors import ConfigError
+
+    path = resolve_checkpoint(checkpoint)
+    state = load_checkpoint(path)
+    config = state.get("config") or {}
+    got = _plain((config.get("model") or {}).get(section))
+    if got is None:
+        raise InputError(f"checkpoint has no model.{section} configuration", path)
+    if expected is not None:
+        diff = diff_specs(_plain(expected), got)
+        if diff:
+            fields = ", ".join(f"{section}.{k} (checkpoint {b!r}, expected {a!r})" for k, (a, b) in diff.items())
+            raise ConfigError(f"model.{section}", str(path), f"the checkpoint's {section} differs: {fields}")
+    weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+    if not weights:
+        raise InputError(f"checkpoint has no weights under {prefix!r}", path)
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint weights under {prefix!r} do not fit: {exc}", path) from None
+    return {"path": str(path.resolve()), "sha256": sha256_file(path), "step": int(state.get("step", 0)),
+            "store_version": state.get("store_version"), "task": config.get("task", "prc"), "config": config}

@@ -1,13 +1,16 @@
-"""Configuration of PRC pre-training: frozen dataclasses with validation (ConfigError naming the field).
+"""Training configuration, any task: frozen dataclasses with validation (ConfigError naming the field).
 
-``TrainConfig(data=DataConfig(...), optim=OptimConfig(...), model={...})``; presets :func:`small` (CPU, tiny
-grid) and :func:`nuscenes` (the paper's setting: +-51.2 m, pillar 0.2 m, 512x512). ``to_dict()`` gives plain
+``TrainConfig(task=..., data=DataConfig(...), optim=OptimConfig(...), images=ImageConfig(...), model={...})``;
+presets :func:`small` (CPU, small grid and camera model) and :func:`nuscenes` (the paper's setting: +-51.2 m,
+pillar 0.2 m, 512x512; Swin-T at 256x704 for RAD), each for ``task="prc"`` or ``"rad"``. ``to_dict()`` gives plain
 JSON-able values (stored in every checkpoint), ``from_dict`` reads them back, :func:`with_overrides` applies
 ``section.field=value`` strings (the CLI's ``--set``).
 
-``model`` is a dict with ``backbone`` (the fields of :class:`train.model_config.PointPillarsConfig`) and ``prc``
-(the other fields of :class:`train.model_config.PRCConfig` but ``n_rich``/``n_less``, which come from ``data``);
-:attr:`TrainConfig.prc` builds (and so validates) those dataclasses.
+``model`` is a dict of sections, each the fields of one dataclass of :mod:`train.model_config`: ``backbone``
+(PointPillarsConfig), ``prc`` (PRCConfig but ``n_rich``/``n_less``, which come from ``data``), ``camera``
+(CameraConfig), ``lss`` (LSSConfig but its grid, which is the backbone's output map), ``rad`` (RADConfig); the
+properties :attr:`TrainConfig.prc`, ``.camera``, ``.lss``, ``.rad`` build (and so validate) them. This module
+imports no model.
 """
 from __future__ import annotations
 
@@ -16,11 +19,11 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shared.errors import ConfigError
-from train.model_config import PointPillarsConfig
-from train.model_config import PRCConfig
+from train.model_config import CameraConfig, LSSConfig, PointPillarsConfig, PRCConfig, RADConfig
 
 
 def _int(name: str, v, lo: int) -> None:
@@ -163,18 +166,33 @@ class OptimConfig:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+#: The training tasks (``calico train pretrain-prc`` / ``pretrain-rad``); the loop is the same for all.
+TASKS: tuple[str, ...] = ("prc", "rad")
+_MODEL_SECTIONS = ("backbone", "prc", "camera", "lss", "rad")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """data, optim; model: {"backbone": PointPillarsConfig fields, "prc": PRCConfig fields}; log_every: steps
-    between metric lines; ckpt_every: steps between checkpoints (and one at the end); max_nan: consecutive
+    """One training run, any task.
+
+    task: ``prc`` (point-region contrast, LiDAR) or ``rad`` (region-aware distillation into the camera branch);
+    data, optim, images (camera tasks only); model: {"backbone": PointPillarsConfig fields, "prc": PRCConfig
+    fields, "camera": CameraConfig fields, "lss": LSSConfig fields but the grid (taken from the backbone's output
+    map), "rad": RADConfig fields}; teacher: the PRC checkpoint file RAD distils from (its backbone config must
+    equal ``model.backbone``); log_every: steps between metric lines; ckpt_every: steps between checkpoints (and
+    one at the end); eval_every: steps between the task's evaluations (0: none); max_nan: consecutive
     non-finite losses before the run stops with an error; amp: bfloat16 autocast on CUDA (never on CPU);
     deterministic: ``torch.use_deterministic_algorithms(True)``."""
 
+    task: str = "prc"
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    images: ImageConfig = field(default_factory=ImageConfig)
     model: dict = field(default_factory=dict)
+    teacher: str | None = None
     log_every: int = 1
     ckpt_every: int = 1000
+    eval_every: int = 0
     max_nan: int = 5
     amp: bool = True
     deterministic: bool = False
@@ -184,46 +202,92 @@ class TrainConfig:
             object.__setattr__(self, "data", DataConfig(**self.data))
         if isinstance(self.optim, dict):
             object.__setattr__(self, "optim", OptimConfig(**self.optim))
-        if not isinstance(self.model, dict) or set(self.model) - {"backbone", "prc"}:
-            raise ConfigError("model", self.model, "must be a dict with keys 'backbone' and/or 'prc'")
+        if isinstance(self.images, dict):
+            object.__setattr__(self, "images", ImageConfig(**self.images))
+        if self.task not in TASKS:
+            raise ConfigError("task", self.task, f"must be one of {', '.join(TASKS)}")
+        if not isinstance(self.model, dict) or set(self.model) - set(_MODEL_SECTIONS):
+            raise ConfigError("model", sorted(self.model) if isinstance(self.model, dict) else self.model,
+                              f"must be a dict with keys among {', '.join(_MODEL_SECTIONS)}")
         _int("log_every", self.log_every, 1)
         _int("ckpt_every", self.ckpt_every, 1)
+        _int("eval_every", self.eval_every, 0)
         _int("max_nan", self.max_nan, 1)
-        rng = self.prc.backbone.point_range
+        rng = self.backbone.point_range
         if tuple(float(v) for v in rng) != self.data.point_range:
             raise ConfigError("data.point_range", self.data.point_range,
                               f"must equal model.backbone.point_range {tuple(rng)}")
+        self.prc  # noqa: B018 - builds (so validates) the model sections the task uses
+        if self.task == "rad":
+            self.rad  # noqa: B018
+            if self.images.size != self.camera.image_size:
+                raise ConfigError("images.size", self.images.size,
+                                  f"must equal model.camera.image_size {self.camera.image_size}")
+            self.lss  # noqa: B018
+
+    @staticmethod
+    def _section(cls_, values: dict, name: str):
+        vals = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        try:
+            return cls_(**vals)
+        except TypeError as exc:
+            raise ConfigError(f"model.{name}", sorted(vals), str(exc)) from None
+
+    @property
+    def backbone(self) -> PointPillarsConfig:
+        """The LiDAR backbone's configuration (PRC's model, RAD's teacher)."""
+        return self._section(PointPillarsConfig, self.model.get("backbone", {}), "backbone")
 
     @property
     def prc(self) -> PRCConfig:
-        """The model's configuration (``PRCConfig`` with its ``PointPillarsConfig``)."""
-        bb = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.get("backbone", {}).items()}
+        """PRC's model configuration (``PRCConfig`` with its ``PointPillarsConfig``)."""
         prc = dict(self.model.get("prc", {}))
         if {"backbone", "n_rich", "n_less"} & set(prc):
             raise ConfigError("model.prc", sorted(prc), "backbone, n_rich and n_less are set elsewhere")
-        try:
-            backbone = PointPillarsConfig(**bb)
-            return PRCConfig(backbone=backbone, n_rich=max(1, self.data.n_rich), n_less=max(1, self.data.n_less),
-                             **prc)
-        except TypeError as exc:
-            raise ConfigError("model", self.model, str(exc)) from None
+        return self._section(PRCConfig, dict(prc, backbone=self.backbone, n_rich=max(1, self.data.n_rich),
+                                             n_less=max(1, self.data.n_less)), "prc")
+
+    @property
+    def camera(self) -> CameraConfig:
+        return self._section(CameraConfig, self.model.get("camera", {}), "camera")
+
+    @property
+    def lss(self) -> LSSConfig:
+        """The view transform's configuration; its grid is the backbone's output map (range and cell)."""
+        lss = dict(self.model.get("lss", {}))
+        if {"point_range", "cell"} & set(lss):
+            raise ConfigError("model.lss", sorted(lss), "point_range and cell come from model.backbone "
+                              "(the camera BEV grid equals the LiDAR grid)")
+        bb = self.backbone
+        return self._section(LSSConfig, dict(lss, point_range=bb.point_range, cell=bb.out_cell), "lss")
+
+    @property
+    def rad(self) -> RADConfig:
+        return self._section(RADConfig, self.model.get("rad", {}), "rad")
 
     def to_dict(self) -> dict:
         """Plain JSON-able values (tuples as lists)."""
-        return {"data": _plain(dataclasses.asdict(self.data)), "optim": _plain(dataclasses.asdict(self.optim)),
-                "model": _plain(copy.deepcopy(self.model)), "log_every": self.log_every,
-                "ckpt_every": self.ckpt_every, "max_nan": self.max_nan, "amp": self.amp,
-                "deterministic": self.deterministic}
+        return {"task": self.task, "data": _plain(dataclasses.asdict(self.data)),
+                "optim": _plain(dataclasses.asdict(self.optim)), "images": _plain(dataclasses.asdict(self.images)),
+                "model": _plain(copy.deepcopy(self.model)), "teacher": self.teacher, "log_every": self.log_every,
+                "ckpt_every": self.ckpt_every, "eval_every": self.eval_every, "max_nan": self.max_nan,
+                "amp": self.amp, "deterministic": self.deterministic}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         data = dict(d.pop("data", {}))
         optim = dict(d.pop("optim", {}))
+        images = dict(d.pop("images", {}))
         try:
-            return cls(data=DataConfig(**data), optim=OptimConfig(**optim), **d)
+            return cls(data=DataConfig(**data), optim=OptimConfig(**optim), images=ImageConfig(**images), **d)
         except TypeError as exc:
             raise ConfigError("config", sorted(d), str(exc)) from None
+
+
+#: Fields that do not change what a run computes (a resume may change them).
+NON_RESULT_FIELDS: tuple[str, ...] = ("log_every", "ckpt_every", "eval_every", "data.num_workers", "data.store",
+                                      "images.dataroot", "teacher")
 
 
 def _plain(x):
@@ -234,25 +298,39 @@ def _plain(x):
     return x
 
 
-def small(store: str = "", version: str | None = None) -> TrainConfig:
-    """CPU preset: ``PointPillarsConfig.small()`` (+-25.6 m, pillar 0.4 m, 128x128 pillars), 2 scans of 256 + 256 points, short
-    warmup."""
+def small(store: str = "", version: str | None = None, task: str = "prc") -> TrainConfig:
+    """CPU preset: ``PointPillarsConfig.small()`` (+-25.6 m, pillar 0.4 m, 128x128 pillars, 64x64 output at
+    0.8 m), 2 scans of 256 + 256 points, short warmup. RAD: the small timm camera backbone (resnet18) at 96x256,
+    depth bins 1-36 m at 1 m (the grid's corner is 36 m away), 32 lifted channels, a 64-channel camera BEV."""
     backbone = _plain(dataclasses.asdict(PointPillarsConfig.small()))
+    model = {"backbone": backbone, "prc": {}}
+    images = ImageConfig()
+    if task == "rad":
+        cam = CameraConfig.small()
+        model |= {"camera": _plain(dataclasses.asdict(cam)), "rad": {},
+                  "lss": {"depth_bins": [1.0, 36.0, 1.0], "channels": 32, "bev_channels": 64}}
+        images = ImageConfig(size=cam.image_size)
     return TrainConfig(
-        data=DataConfig(store=store, version=version, batch_size=2, num_workers=0, n_rich=256, n_less=256,
-                        point_range=SMALL_RANGE),
-        optim=OptimConfig(lr=1e-3, warmup_steps=10, max_steps=200),
-        model={"backbone": backbone, "prc": {}}, log_every=1, ckpt_every=50)
+        task=task,
+        data=DataConfig(store=store, version=version, batch_size=2, num_workers=2 if task == "rad" else 0,
+                        n_rich=256, n_less=256, point_range=SMALL_RANGE),
+        optim=OptimConfig(lr=1e-3, warmup_steps=10, max_steps=200), images=images,
+        model=model, log_every=1, ckpt_every=50)
 
 
-def nuscenes(store: str = "", version: str | None = None) -> TrainConfig:
-    """The paper's setting: +-51.2 m, pillar 0.2 m (512x512), N = M = 1024, AdamW lr 1e-4, wd 0.01."""
+def nuscenes(store: str = "", version: str | None = None, task: str = "prc") -> TrainConfig:
+    """The paper's setting: +-51.2 m, pillar 0.2 m (512x512), N = M = 1024, AdamW lr 1e-4, wd 0.01. RAD: Swin-T at
+    256x704, six cameras, an FPN to 256 channels at stride 8, LSS bins 1-60 m at 0.5 m, 80 channels, onto the
+    128x128 / 0.8 m output grid of the LiDAR backbone (METHOD.md section 7), batch 1 per process."""
+    model = {"backbone": _plain(dataclasses.asdict(PointPillarsConfig())), "prc": {}}
+    if task == "rad":
+        model |= {"camera": _plain(dataclasses.asdict(CameraConfig())), "lss": {}, "rad": {}}
     return TrainConfig(
-        data=DataConfig(store=store, version=version, batch_size=4, num_workers=4, n_rich=1024, n_less=1024,
-                        point_range=NUSCENES_RANGE),
+        task=task,
+        data=DataConfig(store=store, version=version, batch_size=1 if task == "rad" else 4, num_workers=4,
+                        n_rich=1024, n_less=1024, point_range=NUSCENES_RANGE),
         optim=OptimConfig(lr=1e-4, weight_decay=0.01, warmup_steps=500, max_steps=20000),
-        model={"backbone": _plain(dataclasses.asdict(PointPillarsConfig())), "prc": {}},
-        log_every=10, ckpt_every=1000)
+        model=model, log_every=10, ckpt_every=1000)
 
 
 PRESETS = {"small": small, "nuscenes": nuscenes}
@@ -270,6 +348,20 @@ def _parse(text: str) -> Any:
         return text
 
 
+def with_teacher(cfg: TrainConfig, teacher: str | Path, teacher_config: dict) -> TrainConfig:
+    """``cfg`` distilling from the checkpoint file ``teacher`` whose configuration is ``teacher_config``: its LiDAR
+    backbone and PRC head configuration and point range replace ``cfg``'s (the teacher is built as it was
+    trained)."""
+    t = TrainConfig.from_dict(teacher_config)
+    d = cfg.to_dict()
+    td = t.to_dict()
+    d["model"]["backbone"] = td["model"].get("backbone", {})
+    d["model"]["prc"] = td["model"].get("prc", {})
+    d["data"]["point_range"] = td["data"]["point_range"]
+    d["teacher"] = str(teacher)
+    return TrainConfig.from_dict(d)
+
+
 def with_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """Apply ``key=value`` strings (``optim.lr=3e-4``, ``data.batch_size=8``, ``model.backbone.pillar_size=0.4``,
     ``max_nan=3``); values are Python literals (else strings). Unknown keys raise :class:`ConfigError`."""
@@ -282,7 +374,7 @@ def with_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         node = d
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                if parts[0] == "model" and p in ("backbone", "prc") and p not in node:
+                if parts[0] == "model" and p in _MODEL_SECTIONS and p not in node:
                     node[p] = {}
                 else:
                     raise ConfigError(key, text, "unknown configuration section")

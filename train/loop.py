@@ -1,13 +1,28 @@
-"""PRC pre-training loop (METHOD.md section 2): ``pretrain_prc(cfg, out_dir)``, read top to bottom.
+"""The training loop, one for every task: ``train(task, out_dir)``, read top to bottom.
+
+A *task* (``train/tasks/``: :class:`train.tasks.prc.PRCTask`, :class:`train.tasks.rad.RADTask`) owns what differs
+between the stages::
+
+    task.cfg                          the resolved TrainConfig (written next to the run and into every checkpoint)
+    task.title                        a name for plots and messages
+    task.stream(rank, world)          -> (IterableDataset with set_epoch / check_version / store_version, collate)
+    task.build_model()                -> nn.Module whose forward(batch) returns {"loss": ..., other named scalars}
+    task.frozen(model)                -> modules kept in eval mode, without gradients, never in the optimizer
+    task.param_groups(model)          -> [{"name", "params", "lr_mult"}], the trainable parameters
+    task.checkpoint_extra()           -> extra entries of every checkpoint (e.g. the teacher's identity)
+    task.check_resume(state)          refuses a checkpoint this task must not continue from
+    task.evaluate(model)              -> {name: number} or None, every ``eval_every`` steps and at the end
 
 One process on CPU or GPU, or several through ``torchrun`` (DDP; gloo on CPU, NCCL on GPU; initialised from the
 environment when ``WORLD_SIZE`` > 1). Only rank 0 writes: ``OUT/metrics.jsonl`` (one JSON line per logged step:
-step, epoch, loss, plrc, rapc, lr, grad_norm, seconds, nan_skipped), ``OUT/checkpoints/step-*.pt``
-(:mod:`train.checkpoint`), ``OUT/config.json`` and, at the end, ``OUT/loss.png``.
+step, epoch, every scalar the task returns, lr (and ``lr/<group>`` with several groups), grad_norm, seconds,
+nan_skipped), ``OUT/eval.jsonl`` (the evaluations), TensorBoard event files under ``OUT/tb`` when the
+``tensorboard`` package is installed, ``OUT/checkpoints/step-*.pt`` (:mod:`train.checkpoint`), ``OUT/config.json``
+and, at the end, ``OUT/loss.png``.
 
 Resume (the default): the latest checkpoint in ``OUT`` restores model, optimizer, scheduler, step, RNG states and
 the data position (epoch and batches consumed in it; those batches are read again and dropped), after checking
-that the store version is the one the checkpoint was trained on.
+that the store version is the one the checkpoint was trained on and that the task accepts it.
 """
 from __future__ import annotations
 
@@ -26,7 +41,9 @@ from torch.utils.data import DataLoader
 from shared.errors import CalicoError
 from train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from train.config import TrainConfig
-from train.data import PRCStream, collate_prc
+
+#: Metric keys that are bookkeeping, not losses (left out of the loss plot).
+BOOKKEEPING = ("step", "epoch", "lr", "grad_norm", "seconds", "nan_skipped")
 
 
 class TrainingDiverged(CalicoError):
@@ -58,27 +75,31 @@ def _mean_over_ranks(values: torch.Tensor, world: int) -> torch.Tensor:
     return values
 
 
-def pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
-                 model_fn: Callable[[TrainConfig], nn.Module] | None = None,
-                 stop_after: int | None = None) -> dict:
-    """See :func:`_pretrain_prc`; restores torch's deterministic-algorithms setting afterwards."""
+def _tensorboard(out: Path):
+    """A SummaryWriter under OUT/tb when the ``tensorboard`` package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def train(task, out_dir: str | Path, resume: bool = True, stop_after: int | None = None) -> dict:
+    """Run ``task`` for ``task.cfg.optim.max_steps`` optimizer steps into ``out_dir``; returns a summary dict
+    (step, epoch, nan_skipped, store_version, last metrics, rank, world_size).
+
+    stop_after: stop (with a checkpoint) after this many steps *of this call*, a controlled interruption.
+    Restores torch's deterministic-algorithms setting afterwards.
+    """
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        return _pretrain_prc(cfg, out_dir, resume, model_fn, stop_after)
+        return _train(task, Path(out_dir), resume, stop_after)
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
-def _pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
-                  model_fn: Callable[[TrainConfig], nn.Module] | None = None,
-                  stop_after: int | None = None) -> dict:
-    """Train PRC for ``cfg.optim.max_steps`` optimizer steps; returns a summary dict (steps, last metrics).
-
-    model_fn: builds the model from the config (default: ``train.prc.PRCModel(cfg.prc)``); it must follow the
-    batch contract of :mod:`train.data` and return {"loss", "plrc", "rapc"}.
-    stop_after: stop (with a checkpoint) after this many steps *of this call* — a controlled interruption.
-    """
-    out = Path(out_dir)
+def _train(task, out: Path, resume: bool, stop_after: int | None) -> dict:
+    cfg: TrainConfig = task.cfg
     rank, world, _, device = _setup_distributed()
     master = rank == 0
     if master:
@@ -89,25 +110,30 @@ def _pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(cfg.data.seed)  # the same initial weights on every rank (DDP also broadcasts them)
 
-    # ---- data: this rank's share of the store version, batched by collate_prc
+    # ---- data: this rank's share of the store version
     d = cfg.data
-    stream = PRCStream(d.store, d.version, n_rich=d.n_rich, n_less=d.n_less, seed=d.seed,
-                       point_range=d.point_range, shuffle_scenes=d.shuffle_scenes, rank=rank, world_size=world,
-                       global_batch=d.batch_size if d.global_batch else None)
-    loader = DataLoader(stream, batch_size=d.batch_size, collate_fn=collate_prc, num_workers=d.num_workers,
+    stream, collate = task.stream(rank, world)
+    loader = DataLoader(stream, batch_size=d.batch_size, collate_fn=collate, num_workers=d.num_workers,
                         generator=torch.Generator().manual_seed(d.seed))  # leaves the global torch RNG alone
 
-    # ---- model, optimizer, schedule
-    if model_fn is None:
-        from train.prc import PRCModel
-
-        def model_fn(c: TrainConfig) -> nn.Module:
-            return PRCModel(c.prc)
-    model = model_fn(cfg).to(device)
+    # ---- model (frozen parts without gradients), optimizer over the task's groups, schedule
+    model = task.build_model().to(device)
+    frozen = list(task.frozen(model))
+    for m in frozen:
+        m.requires_grad_(False)
+    groups = task.param_groups(model)
+    frozen_ids = {id(p) for m in frozen for p in m.parameters()}
+    for g in groups:
+        bad = [p for p in g["params"] if id(p) in frozen_ids or not p.requires_grad]
+        if bad:
+            raise CalicoError(f"parameter group {g['name']!r} holds {len(bad)} frozen parameter(s)")
     ddp_model = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     o = cfg.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [{"params": g["params"], "lr": o.lr * g.get("lr_mult", 1.0), "name": g["name"]} for g in groups],
+        lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, o.lr_factor)
+    trainable = [p for g in groups for p in g["params"]]
     amp = cfg.amp and device.type == "cuda"
 
     # ---- resume
@@ -116,17 +142,20 @@ def _pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
     if ckpt is not None:
         state = load_checkpoint(ckpt)
         stream.check_version(state["store_version"])
+        task.check_resume(state)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         nan_skipped = state.get("nan_skipped", 0)
         set_rng_state(state["rng"])
-    metrics_path = out / "metrics.jsonl"
+    metrics_path, eval_path = out / "metrics.jsonl", out / "eval.jsonl"
     if master:  # drop lines logged after the checkpoint we resume from (they will be logged again)
-        kept = [ln for ln in (metrics_path.read_text().splitlines() if metrics_path.exists() and ckpt else [])
-                if json.loads(ln)["step"] <= step]
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+        for path in (metrics_path, eval_path):
+            kept = [ln for ln in (path.read_text().splitlines() if path.exists() and ckpt else [])
+                    if json.loads(ln)["step"] <= step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+    tb = _tensorboard(out) if master else None
 
     def checkpoint() -> None:
         if master:
@@ -134,7 +163,28 @@ def _pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch, "nan_skipped": nan_skipped, "rng": rng_state(),
-                "config": cfg.to_dict(), "store_version": stream.store_version})
+                "config": cfg.to_dict(), "task": cfg.task, "store_version": stream.store_version,
+                **task.checkpoint_extra()})
+        if world > 1:
+            torch.distributed.barrier()
+
+    def set_train_mode() -> None:
+        model.train()
+        for m in frozen:
+            m.eval()
+
+    def evaluate() -> None:
+        if master:
+            model.eval()
+            with torch.no_grad():
+                result = task.evaluate(model)
+            set_train_mode()
+            if result:
+                with eval_path.open("a") as f:
+                    f.write(json.dumps({"step": step, **result}) + "\n")
+                for k, v in result.items():
+                    if tb is not None and isinstance(v, (int, float)):
+                        tb.add_scalar(f"eval/{k}", v, step)
         if world > 1:
             torch.distributed.barrier()
 
@@ -156,7 +206,7 @@ def _pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
             epoch, batch_in_epoch, skip = epoch + 1, 0, 0
 
     # ---- the loop
-    model.train()
+    set_train_mode()
     consecutive_nan, done_here, last = 0, 0, {}
     data = batches()
     t_prev = time.perf_counter()
@@ -169,10 +219,9 @@ def _pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
         ok = _mean_over_ranks(ok, world)  # every rank skips together, or none does
         if ok.item() == 1.0:
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or math.inf)
-            ok = torch.isfinite(grad_norm).float()
-        optimizer_step = ok.item() == 1.0
-        if not optimizer_step:  # NaN guard: skip this batch
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip or math.inf)
+            ok = _mean_over_ranks(torch.isfinite(grad_norm).float(), world)
+        if ok.item() != 1.0:  # NaN guard: skip this batch
             optimizer.zero_grad(set_to_none=True)
             nan_skipped += 1
             consecutive_nan += 1
@@ -181,22 +230,29 @@ def _pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
                                        f"at step {step} (epoch {epoch}); lower optim.lr or check the data")
             continue
         consecutive_nan = 0
-        lr = scheduler.get_last_lr()[0]
+        lrs = scheduler.get_last_lr()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         done_here += 1
 
-        vals = _mean_over_ranks(torch.stack([losses[k].detach().float() for k in ("loss", "plrc", "rapc")]), world)
+        keys = ["loss"] + sorted(k for k in losses if k != "loss")  # the same order on every rank
+        vals = _mean_over_ranks(torch.stack([losses[k].detach().float() for k in keys]), world).tolist()
         now = time.perf_counter()
-        last = {"step": step, "epoch": epoch, "loss": vals[0].item(), "plrc": vals[1].item(),
-                "rapc": vals[2].item(), "lr": lr, "grad_norm": float(grad_norm), "seconds": now - t_prev,
-                "nan_skipped": nan_skipped}
+        last = {"step": step, "epoch": epoch, **dict(zip(keys, vals)), "lr": lrs[0], "grad_norm": float(grad_norm),
+                "seconds": now - t_prev, "nan_skipped": nan_skipped}
+        if len(groups) > 1:
+            last |= {f"lr/{g['name']}": lr for g, lr in zip(groups, lrs)}
         t_prev = now
         if master and (step % cfg.log_every == 0 or step == o.max_steps):
             with metrics_path.open("a") as f:
                 f.write(json.dumps(last) + "\n")
+            if tb is not None:
+                for k in keys + ["lr", "grad_norm"]:
+                    tb.add_scalar(f"train/{k}", last[k], step)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == o.max_steps):
+            evaluate()
         stopping = stop_after is not None and done_here >= stop_after
         if step % cfg.ckpt_every == 0 or step == o.max_steps or stopping:
             checkpoint()
@@ -204,11 +260,33 @@ def _pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
             break
 
     if master and step == o.max_steps:
-        plot_losses(metrics_path, out / "loss.png")
+        plot_losses(metrics_path, out / "loss.png", title=task.title)
+    if tb is not None:
+        tb.close()
     if world > 1:
         torch.distributed.barrier()
     return {"step": step, "epoch": epoch, "nan_skipped": nan_skipped, "store_version": stream.store_version,
-            "last": last, "rank": rank, "world_size": world}
+            "last": last, "rank": rank, "world_size": world, "task": cfg.task}
+
+
+def pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
+                 model_fn: Callable[[TrainConfig], nn.Module] | None = None,
+                 stop_after: int | None = None) -> dict:
+    """PRC pre-training (METHOD.md section 2): :func:`train` of a :class:`train.tasks.prc.PRCTask`.
+
+    model_fn: builds the model from the config (default: ``PRCModel(cfg.prc)``); it must follow the batch
+    contract of :mod:`train.data.prc` and return {"loss", ...}.
+    """
+    from train.tasks.prc import PRCTask
+
+    return train(PRCTask(cfg, model_fn=model_fn), out_dir, resume=resume, stop_after=stop_after)
+
+
+def pretrain_rad(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, stop_after: int | None = None) -> dict:
+    """RAD pre-training (METHOD.md section 3): :func:`train` of a :class:`train.tasks.rad.RADTask`."""
+    from train.tasks.rad import RADTask
+
+    return train(RADTask(cfg), out_dir, resume=resume, stop_after=stop_after)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -216,8 +294,8 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
 
 
-def plot_losses(metrics_path: str | Path, png: str | Path) -> None:
-    """Loss, PLRC and RAPC against the step (matplotlib Agg) into ``png``."""
+def plot_losses(metrics_path: str | Path, png: str | Path, title: str = "training") -> None:
+    """Every loss the task logged (all keys but :data:`BOOKKEEPING` and ``lr/*``) against the step into ``png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,13 +304,15 @@ def plot_losses(metrics_path: str | Path, png: str | Path) -> None:
     rows = read_metrics(metrics_path)
     if not rows:
         return
+    keys = [k for k in rows[-1] if k not in BOOKKEEPING and not k.startswith("lr/")
+            and isinstance(rows[-1][k], (int, float))]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     steps = [r["step"] for r in rows]
-    for key in ("loss", "plrc", "rapc"):
-        ax.plot(steps, [r[key] for r in rows], label=key, lw=1.2 if key == "loss" else 0.8)
+    for key in keys:
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=key, lw=1.2 if key == "loss" else 0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("PRC pre-training")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

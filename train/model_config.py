@@ -304,3 +304,42 @@ class LSSConfig:
     def matching(cls, backbone: PointPillarsConfig, **kw) -> LSSConfig:
         """The LSS grid of a LiDAR backbone's output map (its point range and output cell)."""
         return cls(point_range=backbone.point_range, cell=backbone.out_cell, **kw)
+
+
+RAD_WEIGHTINGS = ("region", "uniform")
+TEACHER_PROJECTORS = ("trainable", "frozen")
+
+
+@dataclass(frozen=True)
+class RADConfig:
+    """Region-aware distillation (METHOD.md section 3).
+
+    Fields:
+        weighting: ``region`` (CALICO: every region counts the same, weights 1/N_S as in RAPC) or ``uniform``
+            (plain point-wise contrastive distillation, the BEVDistill-like baseline).
+        tau: temperature of the distillation loss [ours: 0.1, as PRC].
+        proj_hidden, proj_out: widths of the student's projection MLP (and of a trainable teacher projector).
+        teacher_projector: ``trainable`` (a new projector on the frozen LiDAR features, trained with the
+            student) or ``frozen`` (the PRC checkpoint's own projection head, frozen; proj_out must then equal
+            the PRC head's) [not published: ours, default trainable].
+        backbone_lr_mult: learning-rate multiplier of the camera image backbone's parameter group (the neck,
+            view transform and projectors use the base rate).
+    """
+
+    weighting: str = "region"
+    tau: float = 0.1
+    proj_hidden: int = 128
+    proj_out: int = 64
+    teacher_projector: str = "trainable"
+    backbone_lr_mult: float = 1.0
+
+    def __post_init__(self):
+        if self.weighting not in RAD_WEIGHTINGS:
+            raise ConfigError("model.rad.weighting", self.weighting, f"must be one of {', '.join(RAD_WEIGHTINGS)}")
+        if self.teacher_projector not in TEACHER_PROJECTORS:
+            raise ConfigError("model.rad.teacher_projector", self.teacher_projector,
+                              f"must be one of {', '.join(TEACHER_PROJECTORS)}")
+        _check_num("model.rad.tau", self.tau)
+        _check_int("model.rad.proj_hidden", self.proj_hidden)
+        _check_int("model.rad.proj_out", self.proj_out)
+        _check_num("model.rad.backbone_lr_mult", self.backbone_lr_mult, strict=False)

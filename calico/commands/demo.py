@@ -9,7 +9,10 @@
    ``data_catalog``);
 5. ``calico train pretrain-prc``: a short PRC pre-training schedule of the PointPillars backbone on the store
    (the CPU ``small`` preset), reading the store through ``data_catalog`` only; the loss curve is plotted;
-6. score the ground truth of the validation split with nuscenes-devkit's DetectionEval (a check that the
+6. ``calico train pretrain-rad``: a short RAD schedule distilling the frozen PRC backbone into the camera branch
+   (the ``small`` preset: a timm ResNet-18, an FPN and an LSS view transform onto the LiDAR grid), reading the
+   six images of every keyframe from the dataroot the store version names;
+7. score the ground truth of the validation split with nuscenes-devkit's DetectionEval (a check that the
    generated data and the evaluation path agree).
 
 Run it twice: the second run reuses the dataset and the store version (nothing is recomputed).
@@ -30,6 +33,7 @@ def demo(
     backend: str = typer.Option("auto", help="Compute backend: auto, cpu or gpu."),
     workers: int = typer.Option(2, help="Dask worker processes for the preprocessing stage."),
     train_steps: int = typer.Option(40, help="PRC pre-training steps (the CPU 'small' preset; 0 skips training)."),
+    rad_steps: int = typer.Option(20, help="RAD distillation steps after PRC (the CPU 'small' preset; 0 skips it)."),
     evaluate: bool = typer.Option(True, help="Run nuscenes-devkit's DetectionEval on the ground truth."),
 ) -> None:
     """Generate a small synthetic nuScenes dataset and run the pipeline on it end to end."""
@@ -56,12 +60,12 @@ def demo(
     made = json.loads(marker.read_text()) if marker.is_file() else {}
     if made.get("preset") == preset and made.get("seed") == seed and dataroot.is_dir():
         version = made["version"]
-        console.print(f"[1/6] reusing the generated '{preset}' dataset at {dataroot} ({version})")
+        console.print(f"[1/7] reusing the generated '{preset}' dataset at {dataroot} ({version})")
     else:
         if dataroot.exists():
             raise typer.BadParameter(f"{dataroot} exists but holds another dataset than preset={preset} "
                                      f"seed={seed}; remove it or choose another --workdir", param_hint="--workdir")
-        console.print(f"[1/6] generating the '{preset}' synthetic nuScenes dataset into {dataroot}")
+        console.print(f"[1/7] generating the '{preset}' synthetic nuScenes dataset into {dataroot}")
         dataroot, version = generate(dataroot, preset=preset, seed=seed, progress=True)
         marker.write_text(json.dumps({"preset": preset, "seed": seed, "version": version}))
 
@@ -69,12 +73,12 @@ def demo(
     nusc = open_nuscenes(dataroot, version)
     scenes = list(iter_scenes(nusc))
     n_key = sum(len(list(iter_lidar_tokens(nusc, s, keyframes_only=True))) for s in scenes)
-    console.print(f"[2/6] nuscenes-devkit loaded {version}: {len(scenes)} scenes, {n_key} keyframe sweeps, "
+    console.print(f"[2/7] nuscenes-devkit loaded {version}: {len(scenes)} scenes, {n_key} keyframe sweeps, "
                   f"{len(nusc.sample_annotation)} annotations")
 
     # 3. the preprocessing stage into a versioned store
     store = workdir / "store"
-    console.print(f"[3/6] preprocessing the keyframe sweeps into {store} ({workers} Dask workers, "
+    console.print(f"[3/7] preprocessing the keyframe sweeps into {store} ({workers} Dask workers, "
                   f"{backend.upper()} backend)")
     summary = run_stage(dataroot, version, store, SweepConfig(), sweeps="keyframes", backend=backend, seed=seed,
                         workers=workers, progress=True, log=lambda *a: console.print(*a), argv=sys.argv)
@@ -88,7 +92,7 @@ def demo(
         for line in report.lines():
             console.print(line)
         raise typer.Exit(1)
-    console.print("[4/6] store verified (every shard matches its manifest); calico catalog show, stats, report:")
+    console.print("[4/7] store verified (every shard matches its manifest); calico catalog show, stats, report:")
     catalog_show(store=store, version=summary.version, as_json=False)
     catalog_stats(store=store, version=summary.version, as_json=False)
     page = write_report(store, summary.version, workdir / "reports", ReportConfig(n_sweeps=2),
@@ -103,7 +107,7 @@ def demo(
         run_dir = workdir / "runs" / f"prc-{summary.version}"
         cfg = with_overrides(small(str(store), summary.version), [f"optim.max_steps={train_steps}",
                                                                    f"ckpt_every={max(1, train_steps // 2)}"])
-        console.print(f"[5/6] PRC pre-training: {train_steps} steps of the 'small' preset into {run_dir}")
+        console.print(f"[5/7] PRC pre-training: {train_steps} steps of the 'small' preset into {run_dir}")
         result = pretrain_prc(cfg, run_dir)
         rows = read_metrics(run_dir / "metrics.jsonl")
         k = max(1, len(rows) // 5)
@@ -111,13 +115,30 @@ def demo(
         console.print(f"      step {result['step']}: mean loss of the first {k} steps {first:.3f}, of the last "
                       f"{k} steps {last:.3f} (loss curve: {run_dir / 'loss.png'})")
 
-    # 6. the evaluation path
+    # 6. RAD distillation from the PRC run just trained (resumes from its last checkpoint when run again)
+    if train_steps > 0 and rad_steps > 0:
+        from calico.commands.train import train_config
+        from train.loop import pretrain_rad
+
+        rad_dir = workdir / "runs" / f"rad-{summary.version}"
+        rcfg = train_config("small", "rad", store, summary.version, rad_steps, None,
+                            [f"ckpt_every={max(1, rad_steps // 2)}"], teacher=run_dir)
+        console.print(f"[6/7] RAD distillation: {rad_steps} steps of the 'small' preset ({rcfg.camera.backbone} "
+                      f"at {rcfg.camera.image_size[0]}x{rcfg.camera.image_size[1]}, six cameras) into {rad_dir}")
+        result = pretrain_rad(rcfg, rad_dir)
+        rows = read_metrics(rad_dir / "metrics.jsonl")
+        k = max(1, len(rows) // 5)
+        first, last = (float(np.mean([r["loss"] for r in part])) for part in (rows[:k], rows[-k:]))
+        console.print(f"      step {result['step']}: mean RAD loss of the first {k} steps {first:.3f}, of the last "
+                      f"{k} steps {last:.3f} (loss curve: {rad_dir / 'loss.png'})")
+
+    # 7. the evaluation path
     if evaluate:
         from shared.nuscenes_io import evaluate_detection, gt_submission
 
         split = "mini_val" if "mini" in version else "val"
         metrics = evaluate_detection(nusc, gt_submission(nusc, split), split, workdir / "eval")
-        console.print(f"[6/6] DetectionEval ({split}) of the ground truth: mAP {metrics['mean_ap']:.3f}, "
+        console.print(f"[7/7] DetectionEval ({split}) of the ground truth: mAP {metrics['mean_ap']:.3f}, "
                       f"NDS {metrics['nd_score']:.3f}")
     console.print(f"[green]demo finished[/green]: outputs under {workdir}; try "
                   f"`calico catalog show --store {store}`")

@@ -1,7 +1,8 @@
-"""``calico train pretrain-prc``: PRC pre-training of the PointPillars backbone on a store version.
+"""``calico train pretrain-prc | pretrain-rad | probe``: PRC pre-training of the PointPillars backbone, RAD
+distillation into the camera branch, and the probe of pre-trained features, on a store version.
 
 Registered in ``calico/cli.py`` as ``calico train``; through ``torchrun``:
-``torchrun --standalone --nproc-per-node 2 -m calico train pretrain-prc --store S ...``.
+``torchrun --standalone --nproc-per-node 2 -m calico train pretrain-prc --store S ...`` (or ``pretrain-rad``).
 Heavy imports happen inside the command.
 """
 from __future__ import annotations
@@ -20,33 +21,78 @@ def _group() -> None:
     """Pre-train and fine-tune on a region-cache store (a group, so that `pretrain-prc` stays a subcommand)."""
 
 
-@app.command("pretrain-prc")
-def pretrain_prc(
-    store: Path = typer.Option(..., "--store", help="Store folder written by `calico preprocess run`."),
-    version: Optional[str] = typer.Option(None, "--version", help="Store version id or unique prefix "
-                                                                  "(default: the latest)."),
-    out: Path = typer.Option(Path("runs/prc"), "--out", help="Run folder: checkpoints, metrics.jsonl, loss.png."),
-    preset: str = typer.Option("small", "--preset", help="small (CPU, tiny grid) or nuscenes (+-51.2 m, 0.2 m)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (optim.max_steps)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Scans per step and process."),
-    overrides: Optional[List[str]] = typer.Option(
-        None, "--set", help="Config override key=value (repeatable), e.g. --set optim.lr=3e-4."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the latest checkpoint in --out."),
-) -> None:
-    """Train PRC (point-region contrast) for --steps steps; resumes from --out's latest checkpoint.
-    Several processes: `torchrun --nproc-per-node 2 -m calico train pretrain-prc ...`."""
+def train_config(preset: str, task: str, store: Path, version: str | None, steps: int | None = None,
+                 batch_size: int | None = None, overrides: list[str] | None = None, teacher: Path | None = None):
+    """The preset of ``task`` with the command's options and ``--set`` overrides applied (in that order); for RAD
+    the LiDAR backbone (and PRC head) configuration comes from the teacher checkpoint."""
     from shared.errors import ConfigError
-    from train.config import PRESETS, with_overrides
-    from train.loop import pretrain_prc as run
+    from train.checkpoint import load_checkpoint, resolve_checkpoint
+    from train.config import PRESETS, with_overrides, with_teacher
 
     if preset not in PRESETS:
         raise ConfigError("--preset", preset, f"must be one of {', '.join(PRESETS)}")
+    base = PRESETS[preset](task=task)
+    if teacher is not None:
+        path = resolve_checkpoint(teacher)
+        base = with_teacher(base, path.resolve(), load_checkpoint(path)["config"])
     sets = [f"data.store={str(store)!r}", f"data.version={version!r}"]
     if steps is not None:
         sets.append(f"optim.max_steps={steps}")
     if batch_size is not None:
         sets.append(f"data.batch_size={batch_size}")
-    cfg = with_overrides(PRESETS[preset](), sets + list(overrides or []))
+    return with_overrides(base, sets + list(overrides or []))
+
+
+_STORE = typer.Option(..., "--store", help="Store folder written by `calico preprocess run`.")
+_VERSION = typer.Option(None, "--version", help="Store version id or unique prefix (default: the latest).")
+_PRESET = typer.Option("small", "--preset", help="small (CPU, small grid and camera model) or nuscenes "
+                                                 "(+-51.2 m, 0.2 m pillars; Swin-T 256x704).")
+_STEPS = typer.Option(None, "--steps", help="Optimizer steps (optim.max_steps).")
+_BATCH = typer.Option(None, "--batch-size", help="Scans per step and process.")
+_SETS = typer.Option(None, "--set", help="Config override key=value (repeatable), e.g. --set optim.lr=3e-4.")
+_RESUME = typer.Option(True, "--resume/--no-resume", help="Continue from the latest checkpoint in --out.")
+
+
+@app.command("pretrain-prc")
+def pretrain_prc(
+    store: Path = _STORE,
+    version: Optional[str] = _VERSION,
+    out: Path = typer.Option(Path("runs/prc"), "--out", help="Run folder: checkpoints, metrics.jsonl, loss.png."),
+    preset: str = _PRESET,
+    steps: Optional[int] = _STEPS,
+    batch_size: Optional[int] = _BATCH,
+    overrides: Optional[List[str]] = _SETS,
+    resume: bool = _RESUME,
+) -> None:
+    """Train PRC (point-region contrast) for --steps steps; resumes from --out's latest checkpoint.
+    Several processes: `torchrun --nproc-per-node 2 -m calico train pretrain-prc ...`."""
+    from train.loop import pretrain_prc as run
+
+    summary = run(train_config(preset, "prc", store, version, steps, batch_size, overrides), out, resume=resume)
+    if summary["rank"] == 0:
+        typer.echo(json.dumps(summary))
+
+
+@app.command("pretrain-rad")
+def pretrain_rad(
+    store: Path = _STORE,
+    teacher: Path = typer.Option(..., "--teacher", help="The PRC run folder (its latest checkpoint) or checkpoint "
+                                                        "file to distil from; frozen."),
+    version: Optional[str] = _VERSION,
+    out: Path = typer.Option(Path("runs/rad"), "--out", help="Run folder: checkpoints, metrics.jsonl, loss.png."),
+    preset: str = _PRESET,
+    steps: Optional[int] = _STEPS,
+    batch_size: Optional[int] = _BATCH,
+    overrides: Optional[List[str]] = _SETS,
+    resume: bool = _RESUME,
+) -> None:
+    """Train RAD (region-aware distillation of the frozen PRC LiDAR backbone into the camera branch) for --steps
+    steps; the images are read from the dataroot the store version names (--set images.dataroot=... to move it).
+    --set model.rad.weighting=uniform gives the plain point-wise distillation baseline. Resumes from --out.
+    Several processes: `torchrun --nproc-per-node 2 -m calico train pretrain-rad ...`."""
+    from train.loop import pretrain_rad as run
+
+    cfg = train_config(preset, "rad", store, version, steps, batch_size, overrides, teacher=teacher)
     summary = run(cfg, out, resume=resume)
     if summary["rank"] == 0:
         typer.echo(json.dumps(summary))

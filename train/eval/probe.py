@@ -1,5 +1,5 @@
-"""Evaluation of PRC pre-training: do the backbone's point features separate regions and object classes better
-than a randomly initialised backbone? (issue 5, "must show").
+"""Evaluation of pre-training: do the pre-trained point features (PRC: the LiDAR backbone's; RAD: the camera
+branch's BEV) separate regions and object classes better than a randomly initialised network?
 
 Read top to bottom:
 
@@ -13,7 +13,9 @@ Read top to bottom:
      LiDAR frame from ``nusc.get_sample_data``), ``background`` for other non-ground points, -1 (ignored) for
      ground points outside boxes, points of boxes without a detection class and non-keyframe sweeps.
 2. :func:`point_features`: one backbone pass per sweep (``model.eval()``), BEV features read bilinearly at the
-   sampled points (:func:`train.bev.sample_bev_batched`), optionally through the projection head.
+   sampled points (:func:`train.bev.sample_bev_batched`), optionally through the projection head. For a RAD
+   run, :func:`camera_features`: the camera branch on the keyframe's six images (no augmentation, BEV in the
+   LiDAR frame), read at the same points; only keyframes (they have images) are probed.
 3. :func:`scores`: scenes are split (sorted by name: the first ``max(1, n // 2)`` train, the others test);
    * ``class_acc`` / ``class_bacc``: a linear probe (``StandardScaler`` + ``LogisticRegression``) fitted on the
      train scenes' points, accuracy / balanced accuracy on the test scenes' points; ``object_bacc``: the same
@@ -32,6 +34,7 @@ The dataroot (for the annotations) is the store version's ``dataset.dataroot`` u
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +46,7 @@ from data_catalog.reader import StoreVersion, open_version
 from shared.errors import ConfigError, InputError
 
 from train.bev import in_range, sample_bev_batched
-from train.checkpoint import latest_checkpoint, load_checkpoint
+from train.checkpoint import load_checkpoint, resolve_checkpoint
 from train.config import TrainConfig
 
 #: Class names of the labels: index 0 is background, then nuScenes' detection classes.
@@ -284,31 +287,58 @@ def scores(features: list[np.ndarray], sweeps: list[SweepPoints], train: list[st
 
 # ---------------------------------------------------------------------------------------------------- compare
 def load_model(checkpoint: str | Path, random_init: bool = False, seed: int | None = None):
-    """(PRCModel, TrainConfig, checkpoint dict) from a checkpoint file or a run folder (its latest checkpoint).
+    """(model, TrainConfig, checkpoint dict) from a checkpoint file or a run folder (its latest checkpoint): a
+    ``PRCModel`` for a PRC run, a ``RADModel`` for a RAD run (its camera branch is what the probe scores).
 
     ``random_init``: the checkpoint's configuration with fresh weights made after ``torch.manual_seed(seed)``
     (default seed: the config's ``data.seed``, as the training loop does, so: the run's initial weights).
     The global torch RNG is left as it was.
     """
-    from train.tasks.prc import PRCModel
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise InputError("no checkpoint in this run folder (expected checkpoints/step-*.pt)", path)
-        path = found
-    if not path.is_file():
-        raise InputError("checkpoint not found", path)
+    path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["config"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.data.seed if seed is None else int(seed))
-        model = PRCModel(cfg.prc)
+        if cfg.task == "rad":
+            from train.tasks.rad import RADModel
+
+            model = RADModel(cfg)
+        else:
+            from train.tasks.prc import PRCModel
+
+            model = PRCModel(cfg.prc)
     if not random_init:
         model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, state
+
+
+@torch.no_grad()
+def camera_features(model, sweeps: list[SweepPoints], stream, use_head: bool = False) -> list[np.ndarray]:
+    """Features (K, C) float32 of each sweep's sampled points from a ``RADModel``'s camera branch: the sweep's six
+    images through ``stream`` (a :class:`train.data.camera.CameraStream` without augmentation), lifted to BEV in
+    the LiDAR frame (``bev_aug`` = identity, as the sampled points are unaugmented), read bilinearly at the
+    points; with ``use_head`` through ``model.student_head``."""
+    from train.data.camera import collate_rad
+
+    was_training = model.training
+    model.eval()
+    rng = model.point_range
+    items = {it.token: it for it in stream.items}
+    out = []
+    try:
+        for s in sweeps:
+            batch = collate_rad([stream.load(items[s.token], 0)])
+            batch["bev_aug"] = torch.eye(4, dtype=torch.float32)[None]
+            bev = model.student(batch)  # (1, C, H, W)
+            xy = torch.from_numpy(s.points[s.idx][:, :2])
+            f = sample_bev_batched(bev, xy[None], rng)[0]
+            if use_head:
+                f = model.student_head(f)
+            out.append(f.float().numpy())
+    finally:
+        model.train(was_training)
+    return out
 
 
 def open_annotations(version: StoreVersion, dataroot: str | Path | None = None, nus_version: str | None = None):
@@ -338,11 +368,27 @@ def compare(checkpoint: str | Path, store: str | Path, version: str | None = Non
         nusc = open_annotations(sv, dataroot)
     train, test = split_scenes(sv.scenes())
     sweeps = collect_points(sv, nusc, tcfg.prc.backbone.point_range, cfg)
+    if tcfg.task == "rad":  # the camera branch: keyframes only, images without augmentation
+        from train.data.camera import CameraStream
+
+        images = dataclasses.replace(tcfg.images, augment=False,
+                                     dataroot=str(dataroot) if dataroot is not None else tcfg.images.dataroot)
+        stream = CameraStream(store, sv.id, images=images, n_rich=1, n_less=1,
+                              point_range=tcfg.backbone.point_range, shuffle=False, nusc=nusc)
+        keyframes = {it.token for it in stream.items}
+        sweeps = [s for s in sweeps if s.token in keyframes]
+
+        def features(model):
+            return camera_features(model, sweeps, stream, cfg.use_head)
+    else:
+        def features(model):
+            return point_features(model, sweeps, cfg.use_head)
     out = {"train_scenes": train, "test_scenes": test, "store_version": sv.id, "checkpoint": str(checkpoint),
            "checkpoint_step": int(state["step"]), "checkpoint_store_version": state.get("store_version"),
-           "use_head": cfg.use_head, "points_per_sweep": cfg.points_per_sweep, "nn_exclude_m": cfg.nn_exclude_m}
+           "task": tcfg.task, "use_head": cfg.use_head, "points_per_sweep": cfg.points_per_sweep,
+           "nn_exclude_m": cfg.nn_exclude_m}
     for name, model in (("random", rnd), ("pretrained", pre)):
-        out[name] = scores(point_features(model, sweeps, cfg.use_head), sweeps, train, test, cfg)
+        out[name] = scores(features(model), sweeps, train, test, cfg)
     return out
 
 
@@ -355,7 +401,8 @@ def format_table(result: dict) -> str:
             (f"  same, neighbours > {result.get('nn_exclude_m', 0):g} m away", "region_nn_far",
              "chance_region_nn_far")]
     r, p = result["random"], result["pretrained"]
-    lines = [(f"store version {result['store_version']}, checkpoint step {result['checkpoint_step']}, "
+    lines = [(f"store version {result['store_version']}, {result.get('task', 'prc').upper()} checkpoint step "
+              f"{result['checkpoint_step']}{' (camera branch)' if result.get('task') == 'rad' else ''}, "
               f"train scenes {', '.join(result['train_scenes'])}, held-out {', '.join(result['test_scenes'])}"),
              f"points: {p['n_train']} train / {p['n_test']} held-out class-labelled, {p['n_region_nn']} region points",
              f"{'score':36s} {'random':>8s} {'pre-trained':>12s} {'chance':>8s}"]

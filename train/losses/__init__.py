@@ -1,7 +1,9 @@
-"""PRC losses, one per module: :func:`plrc_loss` (point-to-region) and :func:`rapc_loss` (region-aware point
-contrast), with the RAPC per-point weights :func:`region_weights` (reused by RAD's distillation loss)."""
+"""Losses, one per module: :func:`plrc_loss` (point-to-region) and :func:`rapc_loss` (region-aware point
+contrast) of PRC, with the RAPC per-point weights :func:`region_weights`, reused by :func:`rad_loss`
+(region-aware distillation, RAD)."""
 from .plrc import masked_log_softmax, plrc_from_log_probs, plrc_loss
+from .rad import WEIGHTINGS, rad_from_log_probs, rad_loss, uniform_weights
 from .rapc import rapc_from_log_probs, rapc_loss, region_weights
 
-__all__ = ["masked_log_softmax", "plrc_from_log_probs", "plrc_loss", "rapc_from_log_probs", "rapc_loss",
-           "region_weights"]
+__all__ = ["WEIGHTINGS", "masked_log_softmax", "plrc_from_log_probs", "plrc_loss", "rad_from_log_probs", "rad_loss",
+           "rapc_from_log_probs", "rapc_loss", "region_weights", "uniform_weights"]

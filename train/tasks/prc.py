@@ -84,3 +84,42 @@ class PRCModel(nn.Module):
         rapc = 0.5 * sum(rapc_from_log_probs(lp, region, valid) for lp in logp)
         a = self.cfg.alpha
         return {"loss": a * plrc + (1.0 - a) * rapc, "plrc": plrc, "rapc": rapc}
+
+
+class PRCTask:
+    """PRC pre-training as a task of :func:`train.loop.train`: the :class:`train.data.prc.PRCStream` of
+    ``cfg.data``, a :class:`PRCModel` (or ``model_fn(cfg)``), one parameter group, nothing frozen, no evaluation
+    (``calico train probe`` scores a run afterwards)."""
+
+    title = "PRC pre-training"
+
+    def __init__(self, cfg, model_fn=None):
+        self.cfg = cfg
+        self.model_fn = model_fn
+
+    def stream(self, rank: int, world: int):
+        from train.data.prc import PRCStream, collate_prc
+
+        d = self.cfg.data
+        stream = PRCStream(d.store, d.version, n_rich=d.n_rich, n_less=d.n_less, seed=d.seed,
+                           point_range=d.point_range, shuffle_scenes=d.shuffle_scenes, rank=rank, world_size=world,
+                           global_batch=d.batch_size if d.global_batch else None)
+        return stream, collate_prc
+
+    def build_model(self) -> nn.Module:
+        return self.model_fn(self.cfg) if self.model_fn is not None else PRCModel(self.cfg.prc)
+
+    def frozen(self, model: nn.Module) -> list[nn.Module]:
+        return []
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        return [{"name": "all", "params": [p for p in model.parameters() if p.requires_grad], "lr_mult": 1.0}]
+
+    def checkpoint_extra(self) -> dict:
+        return {}
+
+    def check_resume(self, state: dict) -> None:
+        pass
+
+    def evaluate(self, model: nn.Module) -> dict | None:
+        return None
