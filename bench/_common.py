@@ -69,6 +69,26 @@ def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, float, object]:
     return float(np.median(times)) * 1e3, float(np.min(times)) * 1e3, out
 
 
+def timed_steps(step, steps: int, cuda: bool, rss0: int) -> tuple[list[float], float]:
+    """One warm-up call of ``step`` then ``steps`` timed ones: (seconds of each, peak MiB). Peak memory: on CUDA
+    ``torch.cuda.max_memory_allocated`` (reset it before building the model), on CPU the growth of the process's
+    maximum resident set size from ``rss0`` (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, taken just before the
+    model was built)."""
+    import resource
+
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    if cuda:
+        import torch
+
+        return times, torch.cuda.max_memory_allocated() / 2**20
+    return times, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+
+
 def median_ms(fn, repeats: int, warmup: bool = True) -> float:
     """Median milliseconds of ``repeats`` calls (see :func:`timed`)."""
     return timed(fn, repeats, warmup)[0]

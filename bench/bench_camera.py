@@ -29,7 +29,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -103,14 +102,7 @@ def run_one(config: str, b: int, steps: int, device: str) -> dict:
             torch.cuda.synchronize()
         return loss.item()
 
-    step()  # warm-up
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    peak_mib = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-                else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+    times, peak_mib = _common.timed_steps(step, steps, cuda, rss0)
     with torch.no_grad():  # how many frustum points land in the grid (what the splat sums)
         vt = model.view_transform
         xyz = image_to_bev(vt.frustum, batch["cam_intrinsic"], batch["img_aug"], batch["lidar2cam"], batch["bev_aug"])

@@ -10,9 +10,9 @@ PointPillars teacher), batch 1 (and 2 for small).
 Each (configuration, batch) runs in its own subprocess so that peak memory is its own: on CPU the growth of the
 process's maximum resident set size (``ru_maxrss``) from just before the model is built to the end of the timed
 steps; on CUDA ``torch.cuda.max_memory_allocated``. The batch: the points of ``bench_train.synthetic_batch`` (view
-0), random images, the nuScenes rig's intrinsics and LiDAR->camera transforms (``shared.synth.config``) with the
-image resized to the input width. One warm-up step is excluded. Timings are machine- and load-dependent; never used
-by the tests.
+0) and the six-camera part of ``bench_camera.synthetic_batch`` (random images, a nuScenes-like rig, resize and
+crop to the input, a rotated and scaled ``bev_aug``). One warm-up step is excluded. Timings are machine- and
+load-dependent; never used by the tests.
 """
 from __future__ import annotations
 
@@ -26,40 +26,15 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
-
-
-def camera_batch(b: int, image_size: tuple[int, int], seed: int = 0) -> dict:
-    """The camera part of a RAD batch (train.data.camera's contract) for the nuScenes rig at 1600x900."""
-    import torch
-
-    from shared.records import CAMERAS, transform_from
-    from shared.synth.config import CAMERA_RIG, LIDAR2EGO, NATIVE_IMAGE_WH
-
-    h, w = image_size
-    lidar2ego = transform_from(*LIDAR2EGO)
-    intr, l2c = [], []
-    for ch in CAMERAS:
-        q, t, (fx, cx, fy, cy) = CAMERA_RIG[ch]
-        intr.append(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64))
-        l2c.append(np.linalg.inv(transform_from(q, t)) @ lidar2ego)
-    s = w / NATIVE_IMAGE_WH[0]
-    aug = np.array([[s, 0, 0], [0, s, -(NATIVE_IMAGE_WH[1] * s - h)], [0, 0, 1]], np.float32)  # bottom crop
-    rng = torch.Generator().manual_seed(seed)
-    n = len(CAMERAS)
-    return {"images": torch.randn(b, n, 3, h, w, generator=rng),
-            "cam_intrinsic": torch.from_numpy(np.stack(intr).astype(np.float32))[None].expand(b, n, 3, 3).clone(),
-            "img_aug": torch.from_numpy(aug)[None, None].expand(b, n, 3, 3).clone(),
-            "lidar2cam": torch.from_numpy(np.stack(l2c).astype(np.float32))[None].expand(b, n, 4, 4).clone(),
-            "cam_valid": torch.ones(b, n, dtype=torch.bool), "bev_aug": torch.eye(4)[None].expand(b, 4, 4).clone()}
 
 
 def run_one(config: str, b: int, steps: int, device: str, amp: bool) -> dict:
     """Time ``steps`` RAD steps of one configuration in this process; returns a JSON-able dict."""
     import torch
 
+    from bench_camera import synthetic_batch as camera_batch
     from bench_train import synthetic_batch
     from train.config import nuscenes, small
     from train.tasks.rad import RADModel
@@ -91,14 +66,7 @@ def run_one(config: str, b: int, steps: int, device: str, amp: bool) -> dict:
             torch.cuda.synchronize()
         return out["loss"].item()
 
-    step()  # warm-up
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    peak_mib = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-                else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+    times, peak_mib = _common.timed_steps(step, steps, cuda, rss0)
     med = float(np.median(times))
     return {"config": config, "batch": b, "backbone": cfg.camera.backbone,
             "input": "x".join(map(str, cfg.camera.image_size)), "bins": cfg.lss.num_bins,

@@ -24,7 +24,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -89,14 +88,7 @@ def run_one(config: str, b: int, n_points: int, steps: int, device: str) -> dict
             torch.cuda.synchronize()
         return out["loss"].item()
 
-    step()  # warm-up
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    peak_mib = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-                else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+    times, peak_mib = _common.timed_steps(step, steps, cuda, rss0)
     return {"config": config, "batch": b, "grid": "x".join(map(str, bb.grid_size)),
             "out": f"{bb.out_channels}x{'x'.join(map(str, bb.out_size))}",
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,

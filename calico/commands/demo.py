@@ -26,6 +26,19 @@ from pathlib import Path
 import typer
 
 
+def _loss_summary(run_dir: Path, what: str) -> str:
+    """Mean loss of the first and of the last fifth of a run's logged steps, and where its loss curve is."""
+    import numpy as np
+
+    from train.loop import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    k = max(1, len(rows) // 5)
+    first, last = (float(np.mean([r["loss"] for r in part])) for part in (rows[:k], rows[-k:]))
+    return (f"mean {what} of the first {k} steps {first:.3f}, of the last {k} steps {last:.3f} "
+            f"(loss curve: {run_dir / 'loss.png'})")
+
+
 def demo(
     workdir: Path = typer.Option(Path("out/demo"), help="Folder for the generated data and the outputs."),
     preset: str = typer.Option("small", help="Synthetic dataset preset (see `calico synth --help`)."),
@@ -38,8 +51,6 @@ def demo(
 ) -> None:
     """Generate a small synthetic nuScenes dataset and run the pipeline on it end to end."""
     from rich.console import Console
-
-    import numpy as np
 
     from calico.commands.store import show as catalog_show
     from calico.commands.store import stats as catalog_stats
@@ -102,18 +113,14 @@ def demo(
     # 5. PRC pre-training, a short schedule (resumes from its last checkpoint when run again)
     if train_steps > 0:
         from train.config import small, with_overrides
-        from train.loop import pretrain_prc, read_metrics
+        from train.loop import pretrain_prc
 
         run_dir = workdir / "runs" / f"prc-{summary.version}"
         cfg = with_overrides(small(str(store), summary.version), [f"optim.max_steps={train_steps}",
                                                                    f"ckpt_every={max(1, train_steps // 2)}"])
         console.print(f"[5/7] PRC pre-training: {train_steps} steps of the 'small' preset into {run_dir}")
         result = pretrain_prc(cfg, run_dir)
-        rows = read_metrics(run_dir / "metrics.jsonl")
-        k = max(1, len(rows) // 5)
-        first, last = (float(np.mean([r["loss"] for r in part])) for part in (rows[:k], rows[-k:]))
-        console.print(f"      step {result['step']}: mean loss of the first {k} steps {first:.3f}, of the last "
-                      f"{k} steps {last:.3f} (loss curve: {run_dir / 'loss.png'})")
+        console.print(f"      step {result['step']}: {_loss_summary(run_dir, 'loss')}")
 
     # 6. RAD distillation from the PRC run just trained (resumes from its last checkpoint when run again)
     if train_steps > 0 and rad_steps > 0:
@@ -126,11 +133,7 @@ def demo(
         console.print(f"[6/7] RAD distillation: {rad_steps} steps of the 'small' preset ({rcfg.camera.backbone} "
                       f"at {rcfg.camera.image_size[0]}x{rcfg.camera.image_size[1]}, six cameras) into {rad_dir}")
         result = pretrain_rad(rcfg, rad_dir)
-        rows = read_metrics(rad_dir / "metrics.jsonl")
-        k = max(1, len(rows) // 5)
-        first, last = (float(np.mean([r["loss"] for r in part])) for part in (rows[:k], rows[-k:]))
-        console.print(f"      step {result['step']}: mean RAD loss of the first {k} steps {first:.3f}, of the last "
-                      f"{k} steps {last:.3f} (loss curve: {rad_dir / 'loss.png'})")
+        console.print(f"      step {result['step']}: {_loss_summary(rad_dir, 'RAD loss')}")
 
     # 7. the evaluation path
     if evaluate:

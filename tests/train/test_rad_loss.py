@@ -78,9 +78,9 @@ def test_region_weighting_is_rapc_of_student_against_teacher():
         rapc_loss(c, t, region, valid, 0.1).item(), rel=1e-12)
 
 
-def test_region_weighting_does_not_depend_on_region_size_but_uniform_does():
-    """Duplicating the points of one region (same embeddings) leaves the region-weighted loss unchanged when the
-    candidates do not change the per-point terms... checked on the weights: a region's weight sum stays 1/|R|."""
+def test_region_weights_give_each_group_an_equal_share_uniform_weights_each_point():
+    """Region weighting: each of the |R| groups (two regions and the semantic-less set) sums to 1/|R| whatever
+    its size; uniform weighting: every valid point weighs 1/N."""
     from train.losses import region_weights
 
     region = torch.tensor([[0, 0, 0, 0, 1, -1]])

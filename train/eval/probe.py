@@ -164,26 +164,51 @@ def collect_points(version: StoreVersion, nusc, point_range, cfg: ProbeConfig = 
 
 # ---------------------------------------------------------------------------------------------------- features
 @torch.no_grad()
-def point_features(model, sweeps: list[SweepPoints], use_head: bool = False) -> list[np.ndarray]:
-    """Features (K, C) float32 of each sweep's sampled points: ``model.backbone`` (a PRCModel's) in eval mode on
-    the sweep's points, BEV read bilinearly at their xy; with ``use_head`` through ``model.head``."""
+def _features_at_points(model, sweeps: list[SweepPoints], bev_of, head, point_range) -> list[np.ndarray]:
+    """(K, C) float32 per sweep: ``bev_of(sweep)`` (1, C, H, W) read bilinearly at the sweep's sampled points,
+    through ``head`` when given; ``model`` in eval mode meanwhile."""
     was_training = model.training
     model.eval()
-    rng = model.cfg.backbone.point_range
     out = []
     try:
         for s in sweeps:
-            pts = torch.from_numpy(s.points)
-            bev = model.backbone(pts, torch.zeros(pts.shape[0], dtype=torch.long), 1)  # (1, C, H, W)
-            xy = pts[torch.from_numpy(s.idx)][:, :2]
-            assert bool(in_range(xy, rng).all()), "sampled points must lie inside the map"
-            f = sample_bev_batched(bev, xy[None], rng)[0]
-            if use_head:
-                f = model.head(f)
+            xy = torch.from_numpy(s.points[s.idx][:, :2])
+            assert bool(in_range(xy, point_range).all()), "sampled points must lie inside the map"
+            f = sample_bev_batched(bev_of(s), xy[None], point_range)[0]
+            if head is not None:
+                f = head(f)
             out.append(f.float().numpy())
     finally:
         model.train(was_training)
     return out
+
+
+def point_features(model, sweeps: list[SweepPoints], use_head: bool = False) -> list[np.ndarray]:
+    """Features (K, C) float32 of each sweep's sampled points: ``model.backbone`` (a PRCModel's) in eval mode on
+    the sweep's points, BEV read bilinearly at their xy; with ``use_head`` through ``model.head``."""
+    def bev_of(s: SweepPoints) -> torch.Tensor:
+        pts = torch.from_numpy(s.points)
+        return model.backbone(pts, torch.zeros(pts.shape[0], dtype=torch.long), 1)  # (1, C, H, W)
+
+    return _features_at_points(model, sweeps, bev_of, model.head if use_head else None,
+                               model.cfg.backbone.point_range)
+
+
+def camera_features(model, sweeps: list[SweepPoints], stream, use_head: bool = False) -> list[np.ndarray]:
+    """Features (K, C) float32 of each sweep's sampled points from a ``RADModel``'s camera branch: the sweep's six
+    images through ``stream`` (a :class:`train.data.camera.CameraStream` without augmentation), lifted to BEV in
+    the LiDAR frame (``bev_aug`` = identity, as the sampled points are unaugmented), read bilinearly at the
+    points; with ``use_head`` through ``model.student_head``."""
+    from train.data.camera import collate_rad
+
+    items = {it.token: it for it in stream.items}
+
+    def bev_of(s: SweepPoints) -> torch.Tensor:
+        batch = collate_rad([stream.load(items[s.token], 0)])
+        batch["bev_aug"] = torch.eye(4, dtype=torch.float32)[None]
+        return model.student(batch)  # (1, C, H, W)
+
+    return _features_at_points(model, sweeps, bev_of, model.student_head if use_head else None, model.point_range)
 
 
 # ---------------------------------------------------------------------------------------------------- scores
@@ -311,34 +336,6 @@ def load_model(checkpoint: str | Path, random_init: bool = False, seed: int | No
         model.load_state_dict(state["model"])
     model.eval()
     return model, cfg, state
-
-
-@torch.no_grad()
-def camera_features(model, sweeps: list[SweepPoints], stream, use_head: bool = False) -> list[np.ndarray]:
-    """Features (K, C) float32 of each sweep's sampled points from a ``RADModel``'s camera branch: the sweep's six
-    images through ``stream`` (a :class:`train.data.camera.CameraStream` without augmentation), lifted to BEV in
-    the LiDAR frame (``bev_aug`` = identity, as the sampled points are unaugmented), read bilinearly at the
-    points; with ``use_head`` through ``model.student_head``."""
-    from train.data.camera import collate_rad
-
-    was_training = model.training
-    model.eval()
-    rng = model.point_range
-    items = {it.token: it for it in stream.items}
-    out = []
-    try:
-        for s in sweeps:
-            batch = collate_rad([stream.load(items[s.token], 0)])
-            batch["bev_aug"] = torch.eye(4, dtype=torch.float32)[None]
-            bev = model.student(batch)  # (1, C, H, W)
-            xy = torch.from_numpy(s.points[s.idx][:, :2])
-            f = sample_bev_batched(bev, xy[None], rng)[0]
-            if use_head:
-                f = model.student_head(f)
-            out.append(f.float().numpy())
-    finally:
-        model.train(was_training)
-    return out
 
 
 def open_annotations(version: StoreVersion, dataroot: str | Path | None = None, nus_version: str | None = None):
