@@ -91,14 +91,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def _plain(x):
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 def load_backbone(module: torch.nn.Module, checkpoint: str | Path, prefix: str = "backbone.",
                   expected: dict | None = None, section: str = "backbone") -> dict:
     """Load the weights under ``prefix`` of a training checkpoint (file or run folder) into ``module``.
@@ -114,15 +106,16 @@ def load_backbone(module: torch.nn.Module, checkpoint: str | Path, prefix: str =
     """
     from data_catalog.version import diff_specs, sha256_file
     from shared.errors import ConfigError
+    from train.config import plain
 
     path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
     config = state.get("config") or {}
-    got = _plain((config.get("model") or {}).get(section))
+    got = plain((config.get("model") or {}).get(section))
     if got is None:
         raise InputError(f"checkpoint has no model.{section} configuration", path)
     if expected is not None:
-        diff = diff_specs(_plain(expected), got)
+        diff = diff_specs(plain(expected), got)
         if diff:
             fields = ", ".join(f"{section}.{k} (checkpoint {b!r}, expected {a!r})" for k, (a, b) in diff.items())
             raise ConfigError(f"model.{section}", str(path), f"the checkpoint's {section} differs: {fields}")

@@ -267,9 +267,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain JSON-able values (tuples as lists)."""
-        return {"task": self.task, "data": _plain(dataclasses.asdict(self.data)),
-                "optim": _plain(dataclasses.asdict(self.optim)), "images": _plain(dataclasses.asdict(self.images)),
-                "model": _plain(copy.deepcopy(self.model)), "teacher": self.teacher, "log_every": self.log_every,
+        return {"task": self.task, "data": plain(dataclasses.asdict(self.data)),
+                "optim": plain(dataclasses.asdict(self.optim)), "images": plain(dataclasses.asdict(self.images)),
+                "model": plain(copy.deepcopy(self.model)), "teacher": self.teacher, "log_every": self.log_every,
                 "ckpt_every": self.ckpt_every, "eval_every": self.eval_every, "max_nan": self.max_nan,
                 "amp": self.amp, "deterministic": self.deterministic}
 
@@ -290,11 +290,12 @@ NON_RESULT_FIELDS: tuple[str, ...] = ("log_every", "ckpt_every", "eval_every", "
                                       "images.dataroot", "teacher")
 
 
-def _plain(x):
+def plain(x):
+    """Plain JSON-able values: tuples (also nested in dicts and lists) become lists."""
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        return {k: plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
+        return [plain(v) for v in x]
     return x
 
 
@@ -302,12 +303,12 @@ def small(store: str = "", version: str | None = None, task: str = "prc") -> Tra
     """CPU preset: ``PointPillarsConfig.small()`` (+-25.6 m, pillar 0.4 m, 128x128 pillars, 64x64 output at
     0.8 m), 2 scans of 256 + 256 points, short warmup. RAD: the small timm camera backbone (resnet18) at 96x256,
     depth bins 1-36 m at 1 m (the grid's corner is 36 m away), 32 lifted channels, a 64-channel camera BEV."""
-    backbone = _plain(dataclasses.asdict(PointPillarsConfig.small()))
+    backbone = plain(dataclasses.asdict(PointPillarsConfig.small()))
     model = {"backbone": backbone, "prc": {}}
     images = ImageConfig()
     if task == "rad":
         cam = CameraConfig.small()
-        model |= {"camera": _plain(dataclasses.asdict(cam)), "rad": {},
+        model |= {"camera": plain(dataclasses.asdict(cam)), "rad": {},
                   "lss": {"depth_bins": [1.0, 36.0, 1.0], "channels": 32, "bev_channels": 64}}
         images = ImageConfig(size=cam.image_size)
     return TrainConfig(
@@ -322,9 +323,9 @@ def nuscenes(store: str = "", version: str | None = None, task: str = "prc") -> 
     """The paper's setting: +-51.2 m, pillar 0.2 m (512x512), N = M = 1024, AdamW lr 1e-4, wd 0.01. RAD: Swin-T at
     256x704, six cameras, an FPN to 256 channels at stride 8, LSS bins 1-60 m at 0.5 m, 80 channels, onto the
     128x128 / 0.8 m output grid of the LiDAR backbone (METHOD.md section 7), batch 1 per process."""
-    model = {"backbone": _plain(dataclasses.asdict(PointPillarsConfig())), "prc": {}}
+    model = {"backbone": plain(dataclasses.asdict(PointPillarsConfig())), "prc": {}}
     if task == "rad":
-        model |= {"camera": _plain(dataclasses.asdict(CameraConfig())), "lss": {}, "rad": {}}
+        model |= {"camera": plain(dataclasses.asdict(CameraConfig())), "lss": {}, "rad": {}}
     return TrainConfig(
         task=task,
         data=DataConfig(store=store, version=version, batch_size=1 if task == "rad" else 4, num_workers=4,
