@@ -3,6 +3,10 @@ a ``DataLoader``, the `small` preset's sampling and batch size) with the default
 ``train.config.DataConfig`` and with 0 workers, against the sweeps/s a training step consumes (batch size /
 median time of forward + backward + gradient clipping + AdamW step of ``PRCModel`` on the small preset, on real
 batches of the same store, measured in the same run). Headroom = loader sweeps/s / step sweeps/s (target >= 3).
+Also the cost of checking the shards against their manifests (``data_catalog.reader.check_shard``: sizes, and
+the SHA-256 of every file, which a process does once per shard; ``data.verify_shards`` / ``--no-verify-shards``):
+ms per shard, MiB/s, and the whole version's check as a share of one loader epoch at 0 workers and of one
+training epoch at the measured step rate (files in the page cache).
 
     python bench/bench_loader.py [--store S] [--version ID] [--workers 2,0] [--epochs 3] [--steps 10]
                                  [--threads 2] [--dataset tiny|small]
@@ -60,6 +64,25 @@ def loader_rate(cfg, workers: int, epochs: int) -> tuple[float, int]:
         for batch in loader:
             n += int(batch["batch_size"])
     return n / (time.perf_counter() - t0), len(stream)
+
+
+def verify_cost(store: str, version: str | None, repeats: int = 3) -> tuple[list[float], list[float], int]:
+    """(ms per shard with checksums, ms per shard sizes only, total bytes), each the median of ``repeats``
+    checks of every shard of the version (hashing again each time: ``check_shard(cached=False)``)."""
+    from data_catalog.reader import check_shard, open_version
+
+    v = open_version(store, version, verify_checksums=False)
+    shards = [v.scene(s) for s in v.scenes()]
+    full, sizes = [], []
+    for sh in shards:
+        for checksums, out in ((True, full), (False, sizes)):
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                check_shard(sh.path, sh.manifest, checksums, cached=False)
+                times.append(time.perf_counter() - t0)
+            out.append(statistics.median(times) * 1e3)
+    return full, sizes, sum(f["bytes"] for sh in shards for f in sh.manifest["files"].values())
 
 
 def step_rate(cfg, steps: int) -> tuple[float, float]:
@@ -127,12 +150,25 @@ def main(argv=None) -> int:
               f"-> consumes {consumed:.2f} sweeps/s")
         print()
         print(f"{'loader':28s} {'sweeps/s':>10s} {'step sweeps/s':>14s} {'headroom':>9s}  target >= 3x")
+        rates = {}
         for w in workers:
             rate, n = loader_rate(cfg, w, args.epochs)
+            rates[w] = rate
             label = f"{w} workers" + (" (DataConfig default)" if w == default_workers else "")
             ok = "ok" if rate / consumed >= 3 else "BELOW"
             print(f"{label:28s} {rate:10.1f} {consumed:14.2f} {rate / consumed:8.1f}x  {ok}")
         print(f"({n} sweeps per epoch, {args.epochs} timed epochs per row)")
+        print()
+        full, sizes, nbytes = verify_cost(store, version or args.version)
+        epoch_ms = 1e3 * n / rates.get(0, next(iter(rates.values())))
+        print(f"shard check (once per shard per process), {len(full)} shards, {nbytes / 2**20:.1f} MiB:")
+        print(f"  sizes + SHA-256: {statistics.mean(full):.2f} ms per shard (median {statistics.median(full):.2f}), "
+              f"{nbytes / 2**20 / (sum(full) / 1e3):.0f} MiB/s; the whole version {sum(full):.1f} ms = "
+              f"{100 * sum(full) / epoch_ms:.1f} % of one epoch ({epoch_ms:.0f} ms at "
+              f"{0 if 0 in rates else workers[0]} workers)")
+        print(f"  = {100 * sum(full) / (1e3 * n / consumed):.3f} % of a training epoch ({n / consumed:.1f} s at "
+              f"the step rate above)")
+        print(f"  sizes only (--no-verify-shards): {statistics.mean(sizes):.3f} ms per shard")
     return 0
 
 

@@ -55,6 +55,7 @@ class GcPlan:
     versions: tuple[VersionPlan, ...]
     trash: tuple[Path, ...]  # leftovers of earlier gcs, emptied first
     trash_bytes: int
+    bytes_freed: int  # what removing the versions to remove and emptying trash/ gives back (freed_bytes)
 
     @property
     def to_remove(self) -> tuple[VersionPlan, ...]:
@@ -63,10 +64,6 @@ class GcPlan:
     @property
     def busy(self) -> tuple[VersionPlan, ...]:
         return tuple(v for v in self.versions if v.reason.startswith("busy"))
-
-    @property
-    def bytes_freed(self) -> int:
-        return sum(v.bytes for v in self.to_remove) + self.trash_bytes
 
 
 @dataclass
@@ -87,6 +84,23 @@ def tree_bytes(path: Path) -> int:
             except FileNotFoundError:
                 pass
     return total
+
+
+def freed_bytes(paths: Sequence[Path]) -> int:
+    """Bytes that deleting every file under ``paths`` gives back: each file (inode) counted once, and only when
+    all its hard links are among them (a shard that ``--retry-failed`` hard-linked into a version that stays
+    keeps its data)."""
+    seen: dict[tuple[int, int], tuple[int, int, int]] = {}  # (dev, inode) -> (size, links, links seen)
+    for path in paths:
+        for root, _dirs, files in os.walk(path):
+            for f in files:
+                try:
+                    s = os.lstat(os.path.join(root, f))
+                except FileNotFoundError:
+                    continue
+                size, links, n = seen.get((s.st_dev, s.st_ino), (s.st_size, s.st_nlink, 0))
+                seen[(s.st_dev, s.st_ino)] = (size, links, n + 1)
+    return sum(size for size, links, n in seen.values() if n >= links)
 
 
 def _newest_mtime(path: Path) -> float:
@@ -162,7 +176,8 @@ def plan_gc(store: str | Path, keep: Sequence[str] = (), keep_latest: int = 1,
             action, reason = ("keep", f"busy: {busy}") if busy else ("remove", "not kept")
         out.append(VersionPlan(d["id"], d.get("created", ""), size, action, reason))
     trash = _trash_dirs(store)
-    return GcPlan(store, tuple(out), tuple(trash), sum(tree_bytes(p) for p in trash))
+    gone = [st.version_dir(store, v.id) for v in out if v.action == "remove"] + trash
+    return GcPlan(store, tuple(out), tuple(trash), sum(tree_bytes(p) for p in trash), freed_bytes(gone))
 
 
 def _lock(store: Path):
@@ -188,7 +203,7 @@ def collect(store: str | Path, plan: GcPlan, grace_s: float = DEFAULT_GRACE_S) -
     fh = _lock(store)
     try:
         for p in _trash_dirs(store):  # leftovers of a crashed gc, and this plan's
-            res.bytes_freed += tree_bytes(p)
+            res.bytes_freed += freed_bytes([p])
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
             res.trash_emptied.append(p)
         trash = store / TRASH
@@ -203,7 +218,7 @@ def collect(store: str | Path, plan: GcPlan, grace_s: float = DEFAULT_GRACE_S) -
                 continue
             trash.mkdir(exist_ok=True)
             dst = trash / f"{v.id}-{uuid.uuid4().hex[:8]}"
-            size = tree_bytes(vdir)
+            size = freed_bytes([vdir])
             os.rename(vdir, dst)  # atomic: the version disappears from versions/ whole
             shutil.rmtree(dst)
             res.removed.append(v.id)

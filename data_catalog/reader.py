@@ -10,6 +10,12 @@ A :class:`Shard` reads each flat array of its scene once (only the arrays asked 
 :class:`Sweep` holds slices of those arrays: ``Sweep.raw`` are views (no copy) of the stored dtypes; the
 properties ``xyz``, ``ground``, ``finite``, ``uv``, ``depth`` decode them (new arrays). The store also reads
 with plain ``zarr`` and ``pyarrow`` (docs/store.md).
+
+Every shard opened is checked against its ``manifest.json`` (:func:`check_shard`): each listed file's size always,
+and by default (``verify_checksums=True``) its SHA-256 (:func:`data_catalog.version.sha256_file`, the function
+``calico preprocess verify`` uses) once per shard per process: a shard whose files still have the sizes and
+modification times they had when verified is not hashed again. A mismatch is an :class:`InputError` naming the
+shard file.
 """
 from __future__ import annotations
 
@@ -21,7 +27,45 @@ from typing import Any, Iterator
 import numpy as np
 
 from data_catalog import store as st
+from data_catalog.version import sha256_file
 from shared.errors import InputError
+
+#: Shards whose checksums this process verified: resolved shard path -> ((file, size, mtime_ns), ...) of the
+#: listed files when they were hashed. DataLoader workers forked after the check inherit it.
+_VERIFIED: dict[str, tuple[tuple[str, int, int], ...]] = {}
+
+
+def check_shard(path: str | Path, manifest: dict, verify_checksums: bool = True, cached: bool = True) -> None:
+    """Check the committed shard at ``path`` against its ``manifest`` (the parsed ``manifest.json``): every listed
+    file exists with the listed size and, with ``verify_checksums``, the listed SHA-256 (skipped when this
+    process already hashed the shard and no listed file's size or mtime changed since, unless ``cached`` is
+    False: a benchmark's). Raises :class:`InputError` naming the first bad file."""
+    path = Path(path)
+    files = manifest.get("files", {})
+    full = path.resolve()  # STORE/versions/ID/shards/SCENE
+    where = (f"the shard of scene {full.name} is corrupt; `calico preprocess verify --store {full.parents[3]} "
+             f"--version {full.parents[1].name}` lists every problem") if len(full.parents) > 3 else \
+        f"the shard of scene {full.name} is corrupt"
+    stats = []
+    for rel, want in sorted(files.items()):
+        try:
+            info = (path / rel).stat()
+        except OSError:
+            raise InputError(f"missing, but listed in the shard's manifest.json ({where})", path / rel) from None
+        if info.st_size != want["bytes"]:
+            raise InputError(f"{info.st_size} bytes, the shard's manifest.json says {want['bytes']} ({where})",
+                             path / rel)
+        stats.append((rel, info.st_size, info.st_mtime_ns))
+    key = str(full)
+    if not verify_checksums or (cached and _VERIFIED.get(key) == tuple(stats)):
+        return
+    if st.content_hash(files) != manifest.get("content_sha256"):
+        raise InputError(f"content_sha256 does not match the listed files ({where})", path / st.MANIFEST)
+    for rel, _, _ in stats:
+        if sha256_file(path / rel) != files[rel]["sha256"]:
+            raise InputError(f"SHA-256 differs from the shard's manifest.json: the file changed after the "
+                             f"commit ({where})", path / rel)
+    _VERIFIED[key] = tuple(stats)
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,15 +135,18 @@ class Sweep:
 
 
 class Shard:
-    """One committed scene shard, opened read-only with zarr. Flat arrays are loaded on first use, whole
-    (one read per array per shard), and cached; sweeps are slices of them."""
+    """One committed scene shard, opened read-only with zarr, after :func:`check_shard` (sizes always,
+    checksums with ``verify_checksums``). Flat arrays are loaded on first use, whole (one read per array per
+    shard), and cached; sweeps are slices of them."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, verify_checksums: bool = True):
         import zarr
 
         self.path = Path(path)
         if not (self.path / st.MANIFEST).is_file():
             raise InputError("not a committed shard (no manifest.json)", self.path)
+        check_shard(self.path, self.manifest, verify_checksums)
+        self.verify_checksums = bool(verify_checksums)
         self.group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
         attrs = dict(self.group.attrs)
         self.scene: str = attrs["scene"]
@@ -116,7 +163,10 @@ class Shard:
 
     @cached_property
     def manifest(self) -> dict:
-        return st.read_manifest(self.path)
+        try:
+            return st.read_manifest(self.path)
+        except ValueError as exc:
+            raise InputError(f"unreadable ({exc})", self.path / st.MANIFEST) from None
 
     def array(self, name: str) -> np.ndarray:
         """The whole flat array ``name`` of this shard (read once, cached)."""
@@ -180,10 +230,12 @@ class Shard:
 
 
 class StoreVersion:
-    """One version of a store: its ``version.json`` (:attr:`info`), config and committed shards."""
+    """One version of a store: its ``version.json`` (:attr:`info`), config and committed shards (each checked
+    when opened, see :class:`Shard`; ``verify_checksums=False`` checks the sizes only)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, verify_checksums: bool = True):
         self.path = Path(path)
+        self.verify_checksums = bool(verify_checksums)
         self.info: dict[str, Any] = st.read_version_json(self.path)
         self.id: str = self.info["id"]
         self._shards: dict[str, Shard] = {}
@@ -212,7 +264,7 @@ class StoreVersion:
             p = st.shard_dir(self.path, name)
             if not (p / st.MANIFEST).is_file():
                 raise InputError(f"scene {name!r} has no committed shard in version {self.id}", p)
-            self._shards[name] = Shard(p)
+            self._shards[name] = Shard(p, self.verify_checksums)
         return self._shards[name]
 
     def sweep(self, scene: str, i: int) -> Sweep:
@@ -221,7 +273,7 @@ class StoreVersion:
     def iter_sweeps(self, scenes: list[str] | None = None) -> Iterator[Sweep]:
         """Every sweep, scene by scene (each shard's arrays are read when its turn comes and dropped after)."""
         for name in scenes if scenes is not None else self.scenes():
-            shard = self._shards.get(name) or Shard(st.shard_dir(self.path, name))
+            shard = self._shards.get(name) or Shard(st.shard_dir(self.path, name), self.verify_checksums)
             yield from shard
 
     def __iter__(self) -> Iterator[Sweep]:
@@ -239,8 +291,9 @@ class StoreVersion:
         return st.scene_table(self.path)
 
 
-def open_version(store: str | Path, version: str | None = None) -> StoreVersion:
-    """Open version ``version`` of ``store`` (a full id or a unique prefix), or the latest one created.
+def open_version(store: str | Path, version: str | None = None, verify_checksums: bool = True) -> StoreVersion:
+    """Open version ``version`` of ``store`` (a full id or a unique prefix), or the latest one created; its shards
+    are checked as they are opened (:class:`Shard`; ``verify_checksums=False``: sizes only).
 
     Raises :class:`InputError` when the store has no versions or the id matches none or several.
     """
@@ -248,11 +301,11 @@ def open_version(store: str | Path, version: str | None = None) -> StoreVersion:
     if not docs:
         raise InputError("no store versions here (expected versions/<id>/version.json)", store)
     if version is None:
-        return StoreVersion(st.version_dir(store, docs[-1]["id"]))
+        return StoreVersion(st.version_dir(store, docs[-1]["id"]), verify_checksums)
     hits = [d["id"] for d in docs if d["id"].startswith(version)]
     if len(hits) != 1:
         known = ", ".join(d["id"] for d in docs)
         what = "no" if not hits else "several"
         raise InputError(f"{what} version(s) matching {version!r}; versions: {known}", store)
-    return StoreVersion(st.version_dir(store, hits[0]))
+    return StoreVersion(st.version_dir(store, hits[0]), verify_checksums)
 

@@ -6,10 +6,13 @@ Layout (see docs/store.md)::
     STORE/versions/<id>/shards/<scene>/       one shard per scene, complete or absent:
         zarr.json, <array>/...                  a Zarr v3 group of flat arrays + int64 offsets
         sweeps.parquet                          per-sweep statistics and stage timings
-        errors.parquet                          sweeps that failed (token, file, stage, reason)
-        manifest.json                           counts + size and sha256 of every file above (written last)
+        errors.parquet                          failed sweeps and warnings (token, file, stage, reason, level)
+        manifest.json                           counts + size and sha256 of every file above, inputs_sha256
+                                                (written last)
     STORE/versions/<id>/shards/.tmp-<scene>-<host>-<pid>-<uuid>/   a shard being written (never read)
     STORE/versions/<id>/{sweeps,errors,scenes}.parquet            derived from the shards by finalize()
+    STORE/versions/<id>/tables.json                               their bytes, sha256 and rows (finalize())
+    STORE/versions/<id>/runs/<UTC time>Z-<host>-<pid>-<uuid>.json  one record per run (write_run_record())
 
 Per-point encoding (N points of a sweep, P (point, camera) pairs, R regions; bytes before compression)::
 
@@ -55,7 +58,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from data_catalog.version import FORMAT_VERSION, canonical_json, sha256_file
+from data_catalog.version import DOC_SHA256, FORMAT_VERSION, canonical_json, doc_checksum, sha256_file
 from shared.errors import InputError
 from shared.records import CAMERAS, CameraCalib
 
@@ -110,10 +113,18 @@ def sweeps_schema():
     return pa.schema(cols)
 
 
+#: Levels of a row of the errors table: ``error``, the sweep is not in the shard (its point file is missing or
+#: unreadable, its calibration is broken, ...); ``warning``, the sweep is in the shard without something
+#: (a camera image missing: that camera is marked absent for the sweep, NaN calibration and no projections).
+LEVELS: tuple[str, ...] = ("error", "warning")
+
+
 def errors_schema():
+    """Columns of ``errors.parquet``. ``level`` (:data:`LEVELS`) came with format version 2; an older table
+    without it reads as all ``error`` (:func:`read_shard_tables`), which is what its rows were."""
     pa = _pa()
     return pa.schema([("token", pa.string()), ("scene", pa.string()), ("file", pa.string()),
-                      ("stage", pa.string()), ("reason", pa.string())])
+                      ("stage", pa.string()), ("reason", pa.string()), ("level", pa.string())])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -644,11 +655,18 @@ def content_hash(files: Mapping[str, Mapping[str, Any]]) -> str:
 def _table_bytes(rows: list[dict], schema):
     """A Parquet file (zstd) of ``rows`` with ``schema``, in memory (a ``pyarrow.Buffer``)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return parquet_bytes(pa.table(cols, schema=schema))
+
+
+def parquet_bytes(table):
+    """``table`` as a Parquet file (zstd), in memory (a ``pyarrow.Buffer``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.table(cols, schema=schema), sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd")
     return sink.getvalue()
 
 
@@ -670,8 +688,9 @@ def encode_group(arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> 
 
 @dataclass(frozen=True)
 class CommitResult:
-    """Outcome of :meth:`ShardWriter.commit`: status ``committed`` (this writer's shard is now visible) or
-    ``exists`` (another writer committed it first; ours was discarded)."""
+    """Outcome of :meth:`ShardWriter.commit`: status ``committed`` (this writer's shard is now visible),
+    ``exists`` (another writer committed it first; ours was discarded) or ``replaced`` (``commit(replace=True)``:
+    ours took the place of the committed one)."""
 
     scene: str
     status: str
@@ -687,6 +706,14 @@ def shard_dir(version_dir: str | Path, scene: str) -> Path:
 def _check_scene_name(scene: str) -> None:
     if not scene or scene.startswith(".") or "/" in scene or "\\" in scene or scene in (".", ".."):
         raise InputError(f"scene name {scene!r} cannot name a shard directory")
+
+
+def tmp_shard_path(version_dir: str | Path, scene: str) -> Path:
+    """A new name for a shard being written: ``shards/.tmp-<scene>-<host>-<pid>-<uuid>`` (the form
+    :func:`clean_stale_tmp` and ``gc`` read the writer's host and pid from)."""
+    _check_scene_name(scene)
+    return (Path(version_dir) / "shards" /
+            f".tmp-{scene}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def is_committed(version_dir: str | Path, scene: str) -> bool:
@@ -734,9 +761,12 @@ class ShardWriter:
     DEFAULT_ROWS = 1 << 20
 
     def __init__(self, version_dir: str | Path, scene: str, channels: Sequence[str] = CAMERAS,
-                 expected_points: int | None = None):
+                 expected_points: int | None = None, inputs_sha256: str | None = None):
         self.version_dir = Path(version_dir)
         self.scene = scene
+        #: Hash of the input files the scene was computed from (recorded in the manifest; see
+        #: ``preprocess.run.scene_inputs_sha256``): lets a later version reuse the shard when they are unchanged.
+        self.inputs_sha256 = inputs_sha256
         self.final_path = shard_dir(self.version_dir, scene)
         self.channels = tuple(channels)
         self._capacity = int(expected_points) + 1024 if expected_points else self.DEFAULT_ROWS
@@ -804,10 +834,14 @@ class ShardWriter:
             row[f"t_{s}_ms"] = float(timings.get(s, float("nan")))
         return row
 
-    def add_error(self, token: str, file: str | None, reason: str, stage: str = "process") -> None:
-        """Record a sweep that could not be processed (it is left out of the arrays)."""
+    def add_error(self, token: str, file: str | None, reason: str, stage: str = "process",
+                  level: str = "error") -> None:
+        """Record a sweep that could not be processed (``level="error"``: it is left out of the arrays) or one
+        that went through without something (``"warning"``, e.g. a missing camera image)."""
+        if level not in LEVELS:
+            raise ValueError(f"level {level!r}: expected one of {', '.join(LEVELS)}")
         self._errors.append({"token": token, "scene": self.scene, "file": "" if file is None else str(file),
-                             "stage": stage, "reason": reason})
+                             "stage": stage, "reason": reason, "level": level})
 
     def _concat(self) -> dict[str, np.ndarray]:
         nf = self._features or 0
@@ -836,13 +870,15 @@ class ShardWriter:
             out[off] = np.concatenate([[0], np.cumsum(sizes[:, j])]).astype(np.int64)
         return out
 
-    def commit(self) -> CommitResult:
-        """Write the shard aside and rename it into place; see the class docstring."""
-        if is_committed(self.version_dir, self.scene):
+    def commit(self, replace: bool = False) -> CommitResult:
+        """Write the shard aside and rename it into place; see the class docstring. ``replace``: a committed
+        shard of the scene is replaced by this one (``--retry-failed``), swapped in atomically
+        (:func:`swap_into_place`); the status is then ``replaced``."""
+        if not replace and is_committed(self.version_dir, self.scene):
             return CommitResult(self.scene, "exists", self.final_path, read_manifest(self.final_path))
         shards = self.final_path.parent
         shards.mkdir(parents=True, exist_ok=True)
-        tmp = shards / f".tmp-{self.scene}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = tmp_shard_path(self.version_dir, self.scene)
         try:
             arrays = self._concat()
             blobs = encode_group({name: data for name, data in arrays.items()
@@ -859,32 +895,111 @@ class ShardWriter:
             tmp.mkdir()
             files = write_files(tmp, blobs)
             del blobs
+            warnings = sum(e["level"] == "warning" for e in self._errors)
             manifest = {
                 "calico_format_version": FORMAT_VERSION,
                 "scene": self.scene,
                 "counts": {"sweeps": len(self._sweeps), "points": counts[0], "pairs": counts[1],
-                           "regions": counts[2], "errors": len(self._errors)},
+                           "regions": counts[2], "errors": len(self._errors) - warnings, "warnings": warnings},
                 "bytes": int(sum(v["bytes"] for v in files.values())),
                 "content_sha256": content_hash(files),
                 "files": files,
             }
+            if self.inputs_sha256 is not None:
+                manifest["inputs_sha256"] = self.inputs_sha256
             _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-            try:
-                os.rename(tmp, self.final_path)
-            except OSError:
-                if is_committed(self.version_dir, self.scene):  # lost the race: the other copy stands
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return CommitResult(self.scene, "exists", self.final_path, read_manifest(self.final_path))
-                raise
-            _fsync(shards)
-            return CommitResult(self.scene, "committed", self.final_path, manifest)
+            if replace and is_committed(self.version_dir, self.scene):
+                swap_into_place(tmp, self.final_path)
+                return CommitResult(self.scene, "replaced", self.final_path, manifest)
+            return rename_into_place(tmp, self.version_dir, self.scene, manifest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
 
+def rename_into_place(tmp: Path, version_dir: str | Path, scene: str, manifest: dict) -> CommitResult:
+    """Commit the complete shard folder ``tmp`` (manifest written) as ``scene``: one rename. If another writer
+    committed the scene first, the rename fails, ``tmp`` is removed and the status is ``exists``."""
+    final = shard_dir(version_dir, scene)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if is_committed(version_dir, scene):  # lost the race: the other copy stands
+            shutil.rmtree(tmp, ignore_errors=True)
+            return CommitResult(scene, "exists", final, read_manifest(final))
+        raise
+    _fsync(final.parent)
+    return CommitResult(scene, "committed", final, manifest)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``, through libc); False where
+    the system or the filesystem cannot (then nothing was changed)."""
+    import ctypes
+    import errno
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_into_place(new: Path, final: Path) -> None:
+    """Put the complete shard folder ``new`` (a ``.tmp-*`` folder) at ``final``, where a committed shard is,
+    and delete the old shard. The two folders are exchanged atomically where the filesystem can (a reader sees
+    the old shard or the new one, never neither); elsewhere the old one is first renamed aside under a
+    ``.tmp-*`` name, so that for a moment the scene looks uncommitted (a crash then leaves it uncommitted: the
+    next run computes it, and the old copy is removed as a dead writer's leftover)."""
+    if not _rename_exchange(new, final):
+        aside = tmp_shard_path(final.parent.parent, final.name)
+        os.rename(final, aside)
+        os.rename(new, final)
+        new = aside
+    _fsync(final.parent)
+    shutil.rmtree(new, ignore_errors=True)  # the old shard
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+
+
+def link_shard(src: str | Path, version_dir: str | Path, scene: str) -> CommitResult:
+    """Commit the committed shard folder ``src`` (of another version) as ``scene`` of ``version_dir``: its
+    files hard-linked (copied where that is not possible) into a ``.tmp-*`` folder that is renamed into place
+    as :meth:`ShardWriter.commit` does. Status ``committed``, or ``exists`` when the scene already was."""
+    final = shard_dir(version_dir, scene)
+    if is_committed(version_dir, scene):
+        return CommitResult(scene, "exists", final, read_manifest(final))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_shard_path(version_dir, scene)
+    try:
+        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+        return rename_into_place(tmp, version_dir, scene, read_manifest(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def read_manifest(shard: str | Path) -> dict:
     return json.loads((Path(shard) / MANIFEST).read_text())
+
+
+def shard_failures(version_dir: str | Path, scene: str) -> tuple[int, int]:
+    """(error rows, warning rows) of a committed shard's errors table, from its manifest (a shard of format 1
+    counts all its rows as errors, which they were)."""
+    counts = read_manifest(shard_dir(version_dir, scene))["counts"]
+    return int(counts.get("errors", 0)), int(counts.get("warnings", 0))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -900,12 +1015,18 @@ def version_dir(store: str | Path, vid: str) -> Path:
     return versions_root(store) / vid
 
 
-def _atomic_write_table(table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
+def replace_file(path: Path, data) -> dict[str, Any]:
+    """Replace ``path`` by ``data`` (bytes-like) atomically: written and fsynced under a temporary name, then
+    ``os.replace``; returns its ``{"bytes", "sha256"}``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    try:
+        entry = _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+    return entry
 
 
 def create_version(store: str | Path, spec, info: Mapping[str, Any]) -> tuple[Path, bool]:
@@ -925,6 +1046,7 @@ def create_version(store: str | Path, spec, info: Mapping[str, Any]) -> tuple[Pa
         return vdir, False
     doc = {"id": spec.id, "spec": spec.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "created_unix": time.time(), **dict(info)}
+    doc[DOC_SHA256] = doc_checksum(doc)
     # link() fails if another run created it meanwhile: first writer wins, the doc is never half-written.
     tmp = vdir / f".version.json.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
@@ -939,22 +1061,80 @@ def create_version(store: str | Path, spec, info: Mapping[str, Any]) -> tuple[Pa
 
 
 def read_version_json(vdir: str | Path) -> dict:
+    """The version's ``version.json``; :class:`InputError` naming it when it is absent or not a JSON object."""
     p = Path(vdir) / "version.json"
     if not p.is_file():
         raise InputError("not a store version (no version.json)", vdir)
-    return json.loads(p.read_text())
+    try:
+        doc = json.loads(p.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"version.json is not valid JSON ({exc})", p) from None
+    if not isinstance(doc, dict) or "id" not in doc:
+        raise InputError("version.json is not a version document (no id)", p)
+    return doc
+
+
+def version_dirs(store: str | Path) -> list[Path]:
+    """The version folders of a store (those holding a ``version.json``, readable or not), sorted by name."""
+    root = versions_root(store)
+    if not root.is_dir():
+        return []
+    return sorted(d for d in root.iterdir() if d.is_dir() and (d / "version.json").is_file())
+
+
+RUNS = "runs"
+
+
+def write_run_record(vdir: str | Path, doc: Mapping[str, Any], when: float | None = None) -> Path:
+    """Keep ``doc`` as a new run record of the version, ``runs/<UTC time to the microsecond>Z-<host>-<pid>-
+    <uuid>.json``. Never replaces another record: written and fsynced under a temporary name, then hard-linked
+    to its name, which fails if the name exists (then a new uuid is drawn). Returns its path."""
+    runs = Path(vdir) / RUNS
+    runs.mkdir(exist_ok=True)
+    when = time.time() if when is None else when
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(when)) + f".{int((when % 1) * 1e6):06d}Z"
+    data = json.dumps(dict(doc), indent=1).encode()
+    while True:
+        path = runs / f"{stamp}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        tmp = runs / f".{path.name}.tmp"
+        _write_file(tmp, data)
+        try:
+            os.link(tmp, path)
+            break
+        except FileExistsError:
+            continue
+        finally:
+            tmp.unlink(missing_ok=True)
+    _fsync(runs)
+    return path
+
+
+def run_records(vdir: str | Path) -> list[Path]:
+    """The version's run records, oldest first (their names start with the time)."""
+    runs = Path(vdir) / RUNS
+    return sorted(p for p in runs.glob("*.json") if not p.name.startswith(".")) if runs.is_dir() else []
 
 
 def list_versions(store: str | Path) -> list[dict]:
     """version.json documents of every version in the store, oldest first."""
-    root = versions_root(store)
-    if not root.is_dir():
-        return []
-    docs = []
-    for d in root.iterdir():
-        if d.is_dir() and (d / "version.json").is_file():
-            docs.append(read_version_json(d))
+    docs = [read_version_json(d) for d in version_dirs(store)]
     return sorted(docs, key=lambda d: (d.get("created_unix", 0.0), d["id"]))
+
+
+def same_run_other_inputs(store: str | Path, doc: Mapping[str, Any]) -> dict | None:
+    """The latest other version of ``store`` that the run of ``doc`` (a ``version.json``) made over other
+    input files: its spec equal but for ``manifest_sha256`` (same dataset version, configuration, sweeps, seed,
+    code and format) and the same metadata tables (``dataset.manifest.tables``): only input files' sizes
+    differ, e.g. repaired ones. None if there is none."""
+    def spec(d):
+        return {k: v for k, v in d["spec"].items() if k != "manifest_sha256"}
+
+    def tables(d):
+        return (d.get("dataset") or {}).get("manifest", {}).get("tables")
+
+    hits = [d for d in list_versions(store)
+            if d["id"] != doc["id"] and spec(d) == spec(doc) and tables(d) is not None and tables(d) == tables(doc)]
+    return hits[-1] if hits else None
 
 
 def committed_scenes(vdir: str | Path) -> list[str]:
@@ -1005,20 +1185,27 @@ def clean_stale_tmp(vdir: str | Path) -> list[Path]:
 
 
 def read_shard_tables(vdir: str | Path, name: str, scenes: Iterable[str] | None = None):
-    """Concatenate ``name`` (sweeps.parquet or errors.parquet) over the committed shards (a pyarrow Table)."""
+    """Concatenate ``name`` (sweeps.parquet or errors.parquet) over the committed shards (a pyarrow Table).
+    Errors tables of format 1 (no ``level`` column) read with ``level`` = ``error``."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     schema = sweeps_schema() if name == SWEEPS_TABLE else errors_schema()
     scenes = committed_scenes(vdir) if scenes is None else list(scenes)
     tables = [pq.read_table(Path(vdir) / "shards" / s / name, schema=schema) for s in scenes]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    out = pa.concat_tables(tables) if tables else schema.empty_table()
+    if name == ERRORS_TABLE:
+        i = out.schema.get_field_index("level")
+        out = out.set_column(i, "level", pc.fill_null(out.column("level"), "error"))
+    return out
 
 
-def scene_table(vdir: str | Path):
+def scene_table(vdir: str | Path, scenes: Iterable[str] | None = None):
     """Per-scene statistics (a pyarrow Table) derived from the shards' sweeps/errors tables and manifests.
 
-    Columns: scene, sweeps, errors, points, ground_fraction (ground / finite points of the scene),
+    Columns: scene, sweeps, errors (sweeps that failed), warnings (sweeps kept without something, e.g. a
+    camera), points, ground_fraction (ground / finite points of the scene),
     noise_fraction (noise / non-ground finite points), clusters_mean, regions_kept_mean, regions_total,
     region_size_p50_median (median over sweeps), t_total_ms (sum of stage totals), t_load_ms, store_bytes,
     bytes_per_point (store bytes of the shard / points).
@@ -1026,9 +1213,10 @@ def scene_table(vdir: str | Path):
     import pyarrow as pa
 
     rows = []
-    for s in committed_scenes(vdir):
+    for s in committed_scenes(vdir) if scenes is None else scenes:
         sw = read_shard_tables(vdir, SWEEPS_TABLE, [s]).to_pydict()
         man = read_manifest(Path(vdir) / "shards" / s)
+        errors, warnings = shard_failures(vdir, s)
         pts = np.asarray(sw["points"], np.float64)
         finite = pts - np.asarray(sw["nonfinite_points"], np.float64)
         ground = np.asarray(sw["ground_points"], np.float64)
@@ -1037,7 +1225,7 @@ def scene_table(vdir: str | Path):
         n = len(sw["token"])
         p50 = np.asarray([v for v in sw["region_size_p50"] if v is not None and not np.isnan(v)])
         rows.append({
-            "scene": s, "sweeps": n, "errors": man["counts"]["errors"], "points": int(pts.sum()),
+            "scene": s, "sweeps": n, "errors": errors, "warnings": warnings, "points": int(pts.sum()),
             "ground_fraction": float(ground.sum() / finite.sum()) if finite.sum() else 0.0,
             "noise_fraction": float(noise.sum() / nonground.sum()) if nonground.sum() else 0.0,
             "clusters_mean": float(np.mean(sw["clusters"])) if n else 0.0,
@@ -1050,6 +1238,7 @@ def scene_table(vdir: str | Path):
             "bytes_per_point": float(man["bytes"] / pts.sum()) if pts.sum() else float("nan"),
         })
     schema = pa.schema([("scene", pa.string()), ("sweeps", pa.int64()), ("errors", pa.int64()),
+                        ("warnings", pa.int64()),
                         ("points", pa.int64()), ("ground_fraction", pa.float64()), ("noise_fraction", pa.float64()),
                         ("clusters_mean", pa.float64()), ("regions_kept_mean", pa.float64()),
                         ("regions_total", pa.int64()), ("region_size_p50_median", pa.float64()),
@@ -1058,14 +1247,31 @@ def scene_table(vdir: str | Path):
     return pa.table({f.name: [r[f.name] for r in rows] for f in schema}, schema=schema)
 
 
+#: The version-level tables, derived from the shards by :func:`finalize`, and their manifest.
+VERSION_TABLES: tuple[str, ...] = (SWEEPS_TABLE, ERRORS_TABLE, SCENES_TABLE)
+TABLES_MANIFEST = "tables.json"
+FINALIZE_LOCK = ".finalize.lock"
+
+
 def finalize(vdir: str | Path) -> dict[str, Path]:
     """Write the version-level ``sweeps.parquet``, ``errors.parquet`` and ``scenes.parquet`` (derived from the
-    committed shards; each replaced atomically). Returns their paths."""
+    committed shards; each replaced atomically), then ``tables.json``: each table's bytes, SHA-256 and rows and
+    the ``content_sha256`` of every shard they were derived from (what ``verify`` checks them against). Runs
+    that finish at once on one version take turns (an exclusive lock on ``.finalize.lock``). Returns the
+    tables' paths."""
+    import fcntl
+
     vdir = Path(vdir)
-    out = {}
-    for name, table in ((SWEEPS_TABLE, read_shard_tables(vdir, SWEEPS_TABLE)),
-                        (ERRORS_TABLE, read_shard_tables(vdir, ERRORS_TABLE)),
-                        (SCENES_TABLE, scene_table(vdir))):
-        _atomic_write_table(table, vdir / name)
-        out[name] = vdir / name
+    with open(vdir / FINALIZE_LOCK, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        scenes = committed_scenes(vdir)
+        shards = {s: read_manifest(shard_dir(vdir, s))["content_sha256"] for s in scenes}
+        out, entries = {}, {}
+        for name, table in ((SWEEPS_TABLE, read_shard_tables(vdir, SWEEPS_TABLE, scenes)),
+                            (ERRORS_TABLE, read_shard_tables(vdir, ERRORS_TABLE, scenes)),
+                            (SCENES_TABLE, scene_table(vdir, scenes))):
+            entries[name] = {**replace_file(vdir / name, parquet_bytes(table)), "rows": table.num_rows}
+            out[name] = vdir / name
+        doc = {"calico_format_version": FORMAT_VERSION, "tables": entries, "shards": shards}
+        replace_file(vdir / TABLES_MANIFEST, json.dumps(doc, indent=1, sort_keys=True).encode())
     return out

@@ -33,8 +33,14 @@ from typing import Any, Iterable, Mapping
 from shared.errors import ConfigError
 
 #: Version of the on-disk encoding written by :mod:`data_catalog.store`. Bump on any change of layout,
-#: quantisation or array set: it is part of every version id.
-FORMAT_VERSION = 1
+#: quantisation or array set: it is part of every version id. 2: the errors tables have a ``level`` column
+#: (a missing camera image is a ``warning`` row of a sweep kept without that camera, no longer a failed sweep),
+#: shard manifests count ``warnings`` and record ``inputs_sha256``, ``version.json`` its own checksum, and the
+#: version-level tables have a manifest (``tables.json``). Stores of format 1 read as before.
+FORMAT_VERSION = 2
+
+#: Key of ``version.json`` holding the SHA-256 of the rest of the document (:func:`doc_checksum`).
+DOC_SHA256 = "doc_sha256"
 
 #: Sweep selections.
 SWEEP_MODES: tuple[str, ...] = ("keyframes", "all")
@@ -65,6 +71,12 @@ def canonical_json(obj: Any) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def doc_checksum(doc: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``doc`` without its :data:`DOC_SHA256` key (what ``version.json``
+    records about itself, and ``verify`` recomputes)."""
+    return sha256_bytes(canonical_json({k: v for k, v in doc.items() if k != DOC_SHA256}).encode())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -22,10 +22,17 @@ CPU kernel (``_dbscan_kernel``), after Gunawan's grid DBSCAN:
    are merged as soon as one core pair between them is within ``eps``;
 5. each non-core point takes the label of its nearest core point within ``eps`` (or -1).
 
+Range bands [ours]: :func:`cluster_nonground` (the pipeline's entry) scales eps by the xy range band of each
+point (``ClusterConfig.eps_range_edges`` / ``eps_range_scale``), running the exact DBSCAN above once per band
+and joining clusters that share a point across a band edge (:func:`banded_labels`); :func:`dbscan` and
+:func:`dbscan_core` are plain DBSCAN at ``eps``, equal to scikit-learn's. The GPU path runs cuML per band and
+the same host-side joining.
+
 Bad input: points with a non-finite coordinate are noise (-1, not core) and are left out of every neighbourhood.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -36,8 +43,8 @@ from numba import njit
 from shared.backend import resolve_backend
 from shared.errors import ConfigError, InputError
 
-__all__ = ["ClusterConfig", "dbscan", "dbscan_core", "cluster_nonground", "dbscan_reference",
-           "adjusted_rand_index", "core_partition_equal"]
+__all__ = ["ClusterConfig", "dbscan", "dbscan_core", "cluster_nonground", "banded_labels",
+           "dbscan_reference", "adjusted_rand_index", "core_partition_equal"]
 
 #: The dense cell tables (2 x int32 per cell) are used when the bounding box holds at most
 #: max(_DENSE_CELL_LIMIT, 8 N) cells.
@@ -47,11 +54,20 @@ _DENSE_CELL_LIMIT = 1 << 21
 @dataclass(frozen=True)
 class ClusterConfig:
     """DBSCAN parameters. eps (metres) = 0.75 [paper]; min_samples = 5 [paper] (the point itself counts, as in
-    scikit-learn); dims ``"xy"`` [paper, proto] or ``"xyz"`` (option, [ours])."""
+    scikit-learn); dims ``"xy"`` [paper, proto] or ``"xyz"`` (option, [ours]).
+
+    Range bands [ours] (see :func:`cluster_nonground`): points are sparser far from the sensor, so the
+    neighbourhood radius grows with the xy range: ``eps * eps_range_scale[k]`` in the range band k, whose edges
+    are ``eps_range_edges`` (metres; bands ``[0, e0), [e0, e1), ..., [e_last, inf)``). Defaults: edges 10, 20,
+    30 m, scales 0.5, 1, 1.5, 2 (eps 0.375, 0.75, 1.125, 1.5 m: the paper's 0.75 m from 10 to 20 m, about
+    proportional to the range elsewhere). Empty edges and scales: one eps everywhere (the paper's DBSCAN).
+    """
 
     eps: float = 0.75
     min_samples: int = 5
     dims: Literal["xy", "xyz"] = "xy"
+    eps_range_edges: tuple[float, ...] = (10.0, 20.0, 30.0)
+    eps_range_scale: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
 
     def __post_init__(self):
         if not (isinstance(self.eps, (int, float, np.floating)) and math.isfinite(self.eps) and self.eps > 0):
@@ -61,10 +77,32 @@ class ClusterConfig:
             raise ConfigError("min_samples", self.min_samples, "must be an integer >= 1")
         if self.dims not in ("xy", "xyz"):
             raise ConfigError("dims", self.dims, "must be 'xy' or 'xyz'")
+        for name in ("eps_range_edges", "eps_range_scale"):
+            v = getattr(self, name)
+            try:
+                if isinstance(v, (str, bytes)) or any(isinstance(e, bool) for e in v):
+                    raise TypeError
+                t = tuple(float(e) for e in v)
+            except (TypeError, ValueError):
+                raise ConfigError(name, v, "must be a sequence of numbers") from None
+            if not all(math.isfinite(e) and e > 0 for e in t):
+                raise ConfigError(name, v, "must hold finite numbers > 0")
+            object.__setattr__(self, name, t)  # lists (e.g. from TOML) become a hashable tuple
+        edges, scale = self.eps_range_edges, self.eps_range_scale
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ConfigError("eps_range_edges", edges, "must be strictly increasing (metres)")
+        if (edges or scale) and len(scale) != len(edges) + 1:
+            raise ConfigError("eps_range_scale", scale, f"needs one value per range band: {len(edges) + 1} for "
+                                                        f"{len(edges)} eps_range_edges (both empty: one eps)")
 
     @property
     def ndim(self) -> int:
         return 2 if self.dims == "xy" else 3
+
+    @property
+    def band_eps(self) -> tuple[float, ...]:
+        """eps (metres) of each range band, nearest first; one value when there are no bands."""
+        return tuple(self.eps * s for s in self.eps_range_scale) or (float(self.eps),)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -399,6 +437,41 @@ def _dbscan_kernel(pts, eps, min_samples, dense_limit):
     return labels, core
 
 
+@njit(cache=True)
+def _merge_bands(lab, home, n_labels):
+    """Labels (m,) int32 of the range-banded clustering: ``lab`` (B, m) holds each band's labels (offset so that
+    they are distinct across bands, -1 noise or not in the band), ``home`` (m,) the band each point belongs to.
+    Two labels are joined when one point carries both (in the overlap of adjacent bands); a point takes its home
+    band's label, joined, and the clusters are numbered 0..K-1 in the order of their lowest-index point."""
+    nb, m = lab.shape
+    parent = np.arange(max(n_labels, 1))
+    for i in range(m):
+        for k in range(nb - 1):
+            a = lab[k, i]
+            b = lab[k + 1, i]
+            if a >= 0 and b >= 0:
+                ra = _find(parent, a)
+                rb = _find(parent, b)
+                if ra != rb:
+                    if ra < rb:
+                        parent[rb] = ra
+                    else:
+                        parent[ra] = rb
+    out = np.full(m, -1, np.int32)
+    number = np.full(max(n_labels, 1), -1, np.int32)
+    k_next = 0
+    for i in range(m):
+        a = lab[home[i], i]
+        if a < 0:
+            continue
+        r = _find(parent, a)
+        if number[r] < 0:
+            number[r] = k_next
+            k_next += 1
+        out[i] = number[r]
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Public API
 
@@ -457,9 +530,37 @@ def _labels_of(pts: np.ndarray, cfg: ClusterConfig, backend: str) -> tuple[np.nd
     return _dbscan_kernel(pts, float(cfg.eps), int(cfg.min_samples), max(_DENSE_CELL_LIMIT, 8 * len(pts)))
 
 
+def banded_labels(pts: np.ndarray, cfg: ClusterConfig, backend: str = "cpu") -> np.ndarray:
+    """Range-banded DBSCAN labels (m,) int32 of finite points ``pts`` (m, ndim) float64 (see
+    :func:`cluster_nonground`); plain DBSCAN at ``cfg.eps`` when ``cfg`` has no range bands. Each band is one
+    exact DBSCAN (CPU kernel or cuML) over its points plus those within the larger eps of the neighbouring band
+    across each edge; the joining and numbering (:func:`_merge_bands`) run on the host for both backends."""
+    edges = cfg.eps_range_edges
+    if not edges:
+        return _labels_of(pts, cfg, backend)[0]
+    eps = cfg.band_eps
+    nb, m = len(eps), len(pts)
+    r = np.hypot(pts[:, 0], pts[:, 1])
+    lo = (-math.inf,) + edges
+    hi = edges + (math.inf,)
+    lab = np.full((nb, m), -1, np.int32)
+    offset = 0
+    for k in range(nb):
+        w_lo = max(eps[k - 1], eps[k]) if k > 0 else 0.0
+        w_hi = max(eps[k], eps[k + 1]) if k < nb - 1 else 0.0
+        sel = np.flatnonzero((r >= lo[k] - w_lo) & (r < hi[k] + w_hi))
+        if not len(sel):
+            continue
+        band = _labels_of(np.ascontiguousarray(pts[sel]), dataclasses.replace(cfg, eps=eps[k]), backend)[0]
+        lab[k, sel] = np.where(band >= 0, band + offset, -1)
+        offset += int(band.max()) + 1 if band.max() >= 0 else 0
+    home = np.searchsorted(np.asarray(edges), r, side="right").astype(np.int64)
+    return _merge_bands(lab, home, offset)
+
+
 def dbscan_core(xyz: np.ndarray, cfg: ClusterConfig = ClusterConfig(), backend: str = "cpu"
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """DBSCAN labels and core mask.
+    """Plain DBSCAN labels and core mask at ``cfg.eps`` (the range bands are :func:`cluster_nonground`'s).
 
     xyz: (N, 3) (or (N, 2) with dims="xy"; extra columns ignored) float32/float64.
     Returns ``labels`` (N,) int32 (-1 noise, clusters 0..K-1) and ``core`` (N,) bool.
@@ -484,14 +585,20 @@ def dbscan(xyz: np.ndarray, cfg: ClusterConfig = ClusterConfig(), backend: str =
 
 def cluster_nonground(xyz: np.ndarray, ground_mask: np.ndarray, cfg: ClusterConfig = ClusterConfig(),
                       backend: str = "cpu") -> np.ndarray:
-    """DBSCAN of the points where ``ground_mask`` (N,) bool is False; labels (N,) int32, ground points -1."""
+    """DBSCAN of the points where ``ground_mask`` (N,) bool is False; labels (N,) int32, ground points -1.
+
+    With range bands (``cfg.eps_range_edges``, [ours]) the neighbourhood radius is ``cfg.band_eps[k]`` for the
+    points whose xy range lies in band k: each band is clustered by exact DBSCAN at its eps over its points and
+    those up to the larger eps of the two bands beyond each edge, so that every point's neighbourhood is
+    complete; clusters sharing a point in such an overlap are joined, and each point keeps its own band's label
+    (:func:`banded_labels`). Without bands this is scikit-learn's DBSCAN at ``cfg.eps``."""
     ground_mask = np.asarray(ground_mask, dtype=bool)
     if ground_mask.shape != (len(xyz),):
         raise InputError(f"ground mask has shape {ground_mask.shape}, expected ({len(xyz)},)")
     backend = resolve_backend(backend)
     pts, idx = _prepare(xyz, cfg, ~ground_mask)
     labels = np.full(len(xyz), -1, np.int32)
-    labels[idx] = _labels_of(pts, cfg, backend)[0]
+    labels[idx] = banded_labels(pts, cfg, backend)
     return labels
 
 

@@ -68,7 +68,10 @@ class GroundConfig:
     patch_low_quantile: before the band test, the reference plane of a patch is shifted to this quantile of the
         heights of the patch points above it (follows rising or falling terrain; robust to a few points below
         the ground) [ours].
-    max_patch_step: metres; that shift is clamped to +-max_patch_step [ours].
+    max_patch_step: metres; that shift is clamped to +-max_patch_step [ours]. patch_band and max_patch_step
+        are 0.3 m (were 0.5 and 2.0: with those a patch filled by a car next to the sensor, or the scan line on
+        the side of a far one, could take a plane up to 1 m above the road, labelling the car's body ground;
+        measured in docs/preprocess.md "Region quality").
     below_is_ground: points more than ``distance_threshold`` below their plane count as ground [ours].
     min_fit_range: metres; points closer than this to the sensor in x, y take no part in any fit (on nuScenes
         sweeps ~40% of the points are returns from the ego vehicle within 1.5 m; they are still classified) [ours].
@@ -87,10 +90,10 @@ class GroundConfig:
     ring_edges: tuple[float, ...] = (8.0, 16.0, 28.0, 45.0)
     min_patch_points: int = 20
     min_patch_inliers: int = 10
-    patch_band: float = 0.5
+    patch_band: float = 0.3
     max_patch_tilt_deg: float = 5.0
     patch_low_quantile: float = 0.1
-    max_patch_step: float = 2.0
+    max_patch_step: float = 0.3
     below_is_ground: bool = True
     min_fit_range: float = 2.5
     sensor_height: float = 1.84

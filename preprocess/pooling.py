@@ -6,8 +6,15 @@ A cluster is dropped ([proto] filters, METHOD.md section 1), checked in this ord
 2. ``too_low``: its highest point is less than ``min_height_above_ground`` above the local ground;
 3. ``too_high``: its highest point is more than ``max_height`` above the local ground;
 4. ``too_large`` / ``too_small``: its xy footprint area (the minimum-area rectangle of its xy points) is above
-   ``max_area`` / below ``min_area``;
+   ``max_area`` or the rectangle's long side above ``max_length`` / the area is below ``min_area``;
 5. ``too_thin``: that rectangle's side ratio (short / long) is below ``min_side_ratio``.
+
+Defaults [ours, measured in docs/preprocess.md "Region quality"]: the filters drop what no road object is --
+higher than 8 m, a footprint above 60 m^2 or longer than 20 m (the longest road vehicles are 18.75 m, e.g. an
+articulated bus, 2.55 m wide) -- and no longer what a real object can be: the prototype's 0.25 m^2 minimum
+footprint dropped pedestrians and cones, its 20 m^2 maximum buses and trailers, its side-ratio test every
+vehicle seen from one side, its 4.84 m height cranes; ``min_area`` and ``min_side_ratio`` are 0 (off) by
+default and keep the prototype's values as options.
 
 Frame of the heights [ours]: "ground" is the *local* ground, the point's own patch plane from
 :func:`preprocess.ground.fit_ground` (``GroundResult.height``, signed distance to the plane), so a cluster on a
@@ -20,8 +27,9 @@ The kept clusters become regions ``0..R-1`` (in cluster order); the region id of
 convex hull (Andrew's monotone chain) and rotating calipers over the hull edges, computed in a Numba kernel;
 ``cv2.minAreaRect`` is the reference in the tests. The hull is skipped where cheap bounds already decide the area
 filters: the octagon of the extreme points in 8 directions lies inside the hull (its area is a lower bound of the
-rectangle's: above ``max_area`` means too large) and the axis-aligned box contains the rectangle (an upper bound:
-below ``min_area`` means too small). Walls and buildings, the largest clusters, are thus never hulled; the reasons
+rectangle's: above ``max_area`` means too large; the larger side of the axis-aligned box over sqrt(2) is a lower
+bound of the long side: above ``max_length`` means too large) and the axis-aligned box contains the rectangle (an
+upper bound: below ``min_area`` means too small). Walls and buildings, the largest clusters, are thus never hulled; the reasons
 and the kept regions' summaries are the same as with the full computation.
 """
 from __future__ import annotations
@@ -43,28 +51,32 @@ REASONS = ("ego", "too_low", "too_high", "too_large", "too_small", "too_thin")
 
 @dataclass(frozen=True)
 class PoolingConfig:
-    """Cluster-filter thresholds (metres, square metres). All [proto] values except where noted.
+    """Cluster-filter thresholds (metres, square metres); see the module docstring for the defaults' reasons.
 
-    min_height_above_ground: drop if the highest point is below local ground + this (0.25).
-    max_height: drop if the highest point is above local ground + this (4.84: the prototype's 3.0 m in the LiDAR
-        frame with the sensor 1.84 m above ground [proto], measured from the local ground plane [ours]).
-    max_area, min_area: footprint (min-area rectangle) bounds (20, 0.25).
-    min_side_ratio: drop if short/long side of the rectangle is below this (0.1).
-    ego_box: half-size of the ego-vehicle square around the sensor in x and y (1.5).
-    sensor_height: for a plain ground mask: height above ground = z + sensor_height (1.84).
+    min_height_above_ground: drop if the highest point is below local ground + this (0.25 [proto]).
+    max_height: drop if the highest point is above local ground + this (8.0 [ours]; the prototype's 3.0 m in the
+        LiDAR frame, 4.84 m above ground, dropped cranes and raised booms).
+    max_area: drop if the footprint (min-area rectangle) is larger (60 [ours]; [proto] 20 dropped buses).
+    max_length: drop if the rectangle's long side is longer (20.0 [ours]: the longest road vehicles are 18.75 m).
+    min_area: drop if the footprint is smaller (0: off [ours]; [proto] 0.25 dropped pedestrians and cones).
+    min_side_ratio: drop if short/long side of the rectangle is below this (0: off [ours]; [proto] 0.1 dropped
+        vehicles seen from one side).
+    ego_box: half-size of the ego-vehicle square around the sensor in x and y (1.5 [proto]).
+    sensor_height: for a plain ground mask: height above ground = z + sensor_height (1.84 [proto]).
     """
 
     min_height_above_ground: float = 0.25
-    max_height: float = 4.84
-    max_area: float = 20.0
-    min_area: float = 0.25
-    min_side_ratio: float = 0.1
+    max_height: float = 8.0
+    max_area: float = 60.0
+    max_length: float = 20.0
+    min_area: float = 0.0
+    min_side_ratio: float = 0.0
     ego_box: float = 1.5
     sensor_height: float = 1.84
 
     def __post_init__(self):
-        for name in ("min_height_above_ground", "max_height", "max_area", "min_area", "min_side_ratio",
-                     "ego_box", "sensor_height"):
+        for name in ("min_height_above_ground", "max_height", "max_area", "max_length", "min_area",
+                     "min_side_ratio", "ego_box", "sensor_height"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
                 raise ConfigError(name, v, "must be a finite number")
@@ -74,6 +86,8 @@ class PoolingConfig:
             raise ConfigError("max_height", self.max_height, "must be above min_height_above_ground")
         if self.max_area <= self.min_area:
             raise ConfigError("max_area", self.max_area, "must be above min_area")
+        if self.max_length <= 0:
+            raise ConfigError("max_length", self.max_length, "must be > 0")
         if self.min_side_ratio > 1:
             raise ConfigError("min_side_ratio", self.min_side_ratio, "must be in [0, 1]")
 
@@ -289,7 +303,7 @@ def _octagon_filter(x, y, pts_idx, ext):
 
 
 @njit(cache=True)
-def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high, max_area, min_area):
+def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high, max_area, min_area, max_length):
     """Per-cluster stats of the points with labels 0..k-1 that are finite (x, y, z, height) and not ground.
     Returns counts (k,), stats (k, 12): cx, cy, cz, zmin, zmax, hmax, box cx, cy, long, short, yaw, area; and
     the cleaned labels (n,) int32 (-1 for the excluded points). The footprint (columns 6-11) is NaN for empty
@@ -297,7 +311,8 @@ def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high, 
     point below ``h_low`` or above ``h_high``): no hull is computed for them. Nor for those whose area bounds
     settle the area filters: the octagon of extreme points (inside the hull) larger than ``max_area``, or the
     axis-aligned box (around the minimum-area rectangle) smaller than ``min_area``; their columns 6-10 are NaN
-    and the area (column 11) is that bound."""
+    and the area (column 11) is that bound. Nor for those whose axis-aligned box has a side longer than
+    ``sqrt(2) * max_length`` (the rectangle's long side is then above ``max_length``): area +inf."""
     n = xyz.shape[0]
     labels = np.empty(n, np.int32)
     cnt = np.zeros(k + 1, np.int64)
@@ -361,7 +376,10 @@ def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high, 
             continue
         oct_area, box_area = _extremes(x, y, order[a:b], ext)
         bound = np.nan
-        if oct_area > max_area * (1.0 + 1e-9):
+        box_long = max(x[ext[2]] - x[ext[6]], y[ext[4]] - y[ext[0]])
+        if box_long > math.sqrt(2.0) * max_length * (1.0 + 1e-9):
+            bound = np.inf  # too long whatever the rectangle
+        elif oct_area > max_area * (1.0 + 1e-9):
             bound = oct_area  # too large whatever the rectangle
         elif box_area < min_area * (1.0 - 1e-9):
             bound = box_area  # too small whatever the rectangle
@@ -401,7 +419,7 @@ def _summaries_kernel(xyz, height, gmask, labels_in, k, ego_box, h_low, h_high, 
 
 
 @njit(cache=True)
-def _reasons_kernel(counts, st, ego_box, h_low, h_high, max_area, min_area, min_ratio):
+def _reasons_kernel(counts, st, ego_box, h_low, h_high, max_area, min_area, min_ratio, max_length):
     """Drop reason (k,) int8 of each cluster from its stats (:func:`_summaries_kernel`): 0 kept (or empty),
     else 1 + the index in :data:`REASONS` of the first filter it fails, in that order."""
     k = counts.shape[0]
@@ -417,7 +435,7 @@ def _reasons_kernel(counts, st, ego_box, h_low, h_high, max_area, min_area, min_
             reason[c] = 2
         elif st[c, 5] > h_high:
             reason[c] = 3
-        elif st[c, 11] > max_area:
+        elif st[c, 11] > max_area or long_side > max_length:
             reason[c] = 4
         elif st[c, 11] < min_area:
             reason[c] = 5
@@ -449,7 +467,7 @@ def min_area_rect(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     xyz = np.zeros((len(xy), 3))
     xyz[:, :2] = xy
     _, st, _ = _summaries_kernel(xyz, np.zeros(len(xy)), np.zeros(len(xy), np.bool_), np.zeros(len(xy), np.int32), 1,
-                                 -1.0, -np.inf, np.inf, np.inf, -np.inf)
+                                 -1.0, -np.inf, np.inf, np.inf, -np.inf, np.inf)
     return st[0, 6:8].copy(), st[0, 8:10].copy(), float(st[0, 10])
 
 
@@ -484,10 +502,10 @@ def pool_regions(xyz: np.ndarray, ground, labels: np.ndarray, cfg: PoolingConfig
     k = max(int(labels.max()) + 1, 0) if n else 0
     counts, st, lab = _summaries_kernel(xyz, height, gmask, labels, k, float(cfg.ego_box),
                                         float(cfg.min_height_above_ground), float(cfg.max_height),
-                                        float(cfg.max_area), float(cfg.min_area))
+                                        float(cfg.max_area), float(cfg.min_area), float(cfg.max_length))
     reason = _reasons_kernel(counts, st, float(cfg.ego_box), float(cfg.min_height_above_ground),
                              float(cfg.max_height), float(cfg.max_area), float(cfg.min_area),
-                             float(cfg.min_side_ratio))
+                             float(cfg.min_side_ratio), float(cfg.max_length))
     keep = reason == 0
     keep &= counts > 0
     r_count = int(np.count_nonzero(keep))

@@ -5,8 +5,15 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Hypothesis: in CI (env CI set, as .ci/run does) the examples are derived from each test's name, not drawn at
+# random, and no example database is kept, so a run is repeatable; elsewhere the default random profile.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
@@ -32,14 +39,26 @@ def synth_root(tmp_path_factory) -> tuple[Path, str]:
     return Path(dataroot), version
 
 
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under ``root``, by relative path."""
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 @pytest.fixture(scope="session")
 def tiny_store(synth_root, tmp_path_factory):
     """(store path, RunSummary) of a keyframes store of the ``tiny`` dataset, written once per session (in this
-    process, no Dask). Read-only for the tests: a test that changes a store builds its own."""
+    process, no Dask). Read-only for the tests: a test that changes a store (a rerun writes a run record and
+    the version tables) copies it or builds its own. Checked: at the end of the session every file is as it
+    was, or the last test using it errors, naming what changed."""
     from preprocess.run import run
 
     root, version = synth_root
     store = tmp_path_factory.mktemp("store")
     summary = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None)
     assert summary.failed_sweeps == 0 and not summary.failed_scenes
-    return store, summary
+    before = tree_state(store)
+    yield store, summary
+    after = tree_state(store)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test wrote into the read-only session store {store}: {', '.join(changed[:5])}"

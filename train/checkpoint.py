@@ -5,6 +5,11 @@ Contents: ``model``, ``optimizer``, ``scheduler`` (state dicts), ``step`` (optim
 states), ``config`` (``TrainConfig.to_dict()``), ``store_version`` (the id of the store version trained on),
 ``nan_skipped`` (steps skipped for a non-finite loss). Files: ``OUT/checkpoints/step-00000042.pt``; the
 latest is the one with the highest step.
+
+Pruning (:func:`prune_checkpoints`, after every checkpoint): the ``keep_last`` latest are kept, and with
+``keep_best`` the best one (lowest :func:`checkpoint_scores`: the mean logged training loss of the ``window``
+steps up to it, or the task's evaluation metric when it names one), and never one the caller protects (the
+checkpoint a run resumed from, the one just written).
 """
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ import random
 import re
 import tempfile
 from pathlib import Path
+
+from collections.abc import Callable
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -43,14 +51,15 @@ def checkpoint_path(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"step-{int(step):08d}.pt"
 
 
-def save_checkpoint(out_dir: str | Path, state: dict) -> Path:
-    """Write ``state`` (must hold ``step``) to ``OUT/checkpoints/step-XXXXXXXX.pt`` atomically; returns the path."""
-    path = checkpoint_path(out_dir, state["step"])
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Create or replace ``path`` with what ``write(file)`` writes, atomically: a temporary file in the same
+    folder (``.tmp-*``), flushed and fsynced, then ``os.replace``d; nothing is left behind on an error."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,13 +70,72 @@ def save_checkpoint(out_dir: str | Path, state: dict) -> Path:
     return path
 
 
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest step in ``OUT/checkpoints`` (temporary files ignored), or None."""
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text."""
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(out_dir: str | Path, state: dict) -> Path:
+    """Write ``state`` (must hold ``step``) to ``OUT/checkpoints/step-XXXXXXXX.pt`` atomically; returns the path."""
+    return atomic_write(checkpoint_path(out_dir, state["step"]), lambda f: torch.save(state, f))
+
+
+def checkpoint_steps(out_dir: str | Path) -> dict[int, Path]:
+    """{step: path} of the checkpoints in ``OUT/checkpoints`` (temporary files ignored)."""
     d = Path(out_dir) / "checkpoints"
     if not d.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
-    return max(found)[1] if found else None
+        return {}
+    return {int(m.group(1)): p for p in d.iterdir() if (m := _NAME.match(p.name))}
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest step in ``OUT/checkpoints`` (temporary files ignored), or None."""
+    found = checkpoint_steps(out_dir)
+    return found[max(found)] if found else None
+
+
+def checkpoint_scores(steps, metrics: list[dict], window: int, evals: list[dict] = (),
+                      metric: tuple[str, str] | None = None) -> dict[int, float]:
+    """{step: score} of the checkpoints at ``steps`` (lower is better; steps without a score are left out).
+
+    Without ``metric``: the mean ``loss`` of the ``metrics`` rows (metrics.jsonl) with a step in
+    (step - window, step]. With ``metric = (key, "min" | "max")``: the ``key`` of the latest ``evals`` row
+    (eval.jsonl) at or before the step (negated for "max").
+    """
+    out = {}
+    for s in steps:
+        if metric is not None:
+            key, mode = metric
+            rows = [r for r in evals if r["step"] <= s and isinstance(r.get(key), (int, float))]
+            if rows:
+                v = float(max(rows, key=lambda r: r["step"])[key])
+                out[s] = -v if mode == "max" else v
+            continue
+        losses = [float(r["loss"]) for r in metrics if s - window < r["step"] <= s and "loss" in r]
+        if losses:
+            out[s] = sum(losses) / len(losses)
+    return out
+
+
+def checkpoints_to_prune(steps, keep_last: int, scores: dict[int, float] | None, protect=()) -> list[int]:
+    """The steps of ``steps`` to delete: all but the ``keep_last`` highest, the best-scored one (``scores``:
+    lowest wins, the later step on a tie; None: no best is kept) and ``protect``."""
+    steps = sorted(steps)
+    keep = set(steps[-keep_last:]) | set(protect)
+    if scores:
+        keep.add(min(scores, key=lambda s: (scores[s], -s)))
+    return [s for s in steps if s not in keep]
+
+
+def prune_checkpoints(out_dir: str | Path, keep_last: int, scores: dict[int, float] | None,
+                      protect=()) -> list[Path]:
+    """Delete the checkpoints of ``OUT`` that :func:`checkpoints_to_prune` names (``protect``: steps never
+    deleted); returns their paths."""
+    found = checkpoint_steps(out_dir)
+    gone = [found[s] for s in checkpoints_to_prune(found, keep_last, scores, protect)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -48,7 +48,8 @@ class DataConfig:
     / semantic-less points per scan [paper: 1024 each]; seed: shuffling and sampling; point_range: points
     outside it (in either view) are dropped, must equal the backbone's; shuffle_scenes: scenes shuffled together
     in a worker; global_batch: split so that W processes read what one process with batch W x batch_size reads
-    (for checking DDP; see ``PRCStream``)."""
+    (for checking DDP; see ``PRCStream``); verify_shards: check every shard's files against the SHA-256 of its
+    manifest when first opened in a process (False: sizes only; ``--no-verify-shards``)."""
 
     store: str = ""
     version: str | None = None
@@ -60,9 +61,12 @@ class DataConfig:
     point_range: tuple[float, ...] = NUSCENES_RANGE
     shuffle_scenes: int = 4
     global_batch: bool = False
+    verify_shards: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "store", str(self.store))
+        if not isinstance(self.verify_shards, bool):
+            raise ConfigError("data.verify_shards", self.verify_shards, "must be True or False")
         object.__setattr__(self, "point_range", tuple(float(v) for v in self.point_range))
         _int("data.batch_size", self.batch_size, 1)
         _int("data.num_workers", self.num_workers, 0)
@@ -179,8 +183,11 @@ class TrainConfig:
     data, optim, images (camera tasks only); model: {"backbone": PointPillarsConfig fields, "prc": PRCConfig
     fields, "camera": CameraConfig fields, "lss": LSSConfig fields but the grid (taken from the backbone's output
     map), "rad": RADConfig fields}; teacher: the PRC checkpoint file RAD distils from (its backbone config must
-    equal ``model.backbone``); log_every: steps between metric lines; ckpt_every: steps between checkpoints (and
-    one at the end); eval_every: steps between the task's evaluations (0: none); max_nan: consecutive
+    equal ``model.backbone``); log_every: steps between metric lines (and progress lines when stderr is not a
+    terminal); ckpt_every: steps between checkpoints (and one at the end and one on SIGINT / SIGTERM);
+    keep_last: checkpoints kept (the latest), keep_best: also keep the best one (lowest mean logged loss over the
+    ``ckpt_every`` steps up to it, or the task's evaluation metric; :func:`train.checkpoint.checkpoint_scores`);
+    eval_every: steps between the task's evaluations (0: none); max_nan: consecutive
     non-finite losses before the run stops with an error; amp: bfloat16 autocast on CUDA (never on CPU);
     deterministic: ``torch.use_deterministic_algorithms(True)``."""
 
@@ -192,6 +199,8 @@ class TrainConfig:
     teacher: str | None = None
     log_every: int = 1
     ckpt_every: int = 1000
+    keep_last: int = 3
+    keep_best: bool = True
     eval_every: int = 0
     max_nan: int = 5
     amp: bool = True
@@ -211,6 +220,9 @@ class TrainConfig:
                               f"must be a dict with keys among {', '.join(_MODEL_SECTIONS)}")
         _int("log_every", self.log_every, 1)
         _int("ckpt_every", self.ckpt_every, 1)
+        _int("keep_last", self.keep_last, 1)
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError("keep_best", self.keep_best, "must be True or False")
         _int("eval_every", self.eval_every, 0)
         _int("max_nan", self.max_nan, 1)
         rng = self.backbone.point_range
@@ -270,7 +282,8 @@ class TrainConfig:
         return {"task": self.task, "data": plain(dataclasses.asdict(self.data)),
                 "optim": plain(dataclasses.asdict(self.optim)), "images": plain(dataclasses.asdict(self.images)),
                 "model": plain(copy.deepcopy(self.model)), "teacher": self.teacher, "log_every": self.log_every,
-                "ckpt_every": self.ckpt_every, "eval_every": self.eval_every, "max_nan": self.max_nan,
+                "ckpt_every": self.ckpt_every, "keep_last": self.keep_last, "keep_best": self.keep_best,
+                "eval_every": self.eval_every, "max_nan": self.max_nan,
                 "amp": self.amp, "deterministic": self.deterministic}
 
     @classmethod
@@ -285,9 +298,24 @@ class TrainConfig:
             raise ConfigError("config", sorted(d), str(exc)) from None
 
 
-#: Fields that do not change what a run computes (a resume may change them).
-NON_RESULT_FIELDS: tuple[str, ...] = ("log_every", "ckpt_every", "eval_every", "data.num_workers", "data.store",
-                                      "images.dataroot", "teacher")
+#: Fields that do not change what a run computes: a resume may change them (:func:`result_changes`). Not here,
+#: so refused on resume without ``--allow-config-change``: ``optim.max_steps`` (the cosine schedule spans it),
+#: ``data.num_workers`` (the epoch's items are cut into world x workers parts, so the batch order depends on it),
+#: ``deterministic`` and ``amp`` (other kernels). ``data.store`` and ``images.dataroot`` may move because the
+#: store version id and the dataroot's manifest are checked; ``teacher`` because its SHA-256 is (RAD).
+NON_RESULT_FIELDS: tuple[str, ...] = ("log_every", "ckpt_every", "keep_last", "keep_best", "eval_every",
+                                      "data.store", "data.verify_shards", "images.dataroot", "teacher")
+
+
+def result_changes(saved: dict, now: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """The differences between a checkpoint's configuration ``saved`` and ``now`` (both ``to_dict()``), as
+    ``{dotted.field: (saved value, new value)}``: (those that change the result, those in
+    :data:`NON_RESULT_FIELDS`)."""
+    from data_catalog.version import diff_specs
+
+    diff = diff_specs(plain(saved), plain(now))
+    free = {k: v for k, v in diff.items() if any(k == f or k.startswith(f + ".") for f in NON_RESULT_FIELDS)}
+    return {k: v for k, v in diff.items() if k not in free}, free
 
 
 def plain(x):

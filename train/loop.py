@@ -22,7 +22,16 @@ and, at the end, ``OUT/loss.png``.
 
 Resume (the default): the latest checkpoint in ``OUT`` restores model, optimizer, scheduler, step, RNG states and
 the data position (epoch and batches consumed in it; those batches are read again and dropped), after checking
-that the store version is the one the checkpoint was trained on and that the task accepts it.
+that the store version is the one the checkpoint was trained on, that the task accepts it and that the
+configuration differs from the checkpoint's only in :data:`train.config.NON_RESULT_FIELDS` (else
+:class:`ResumeRefused` naming the fields; ``allow_config_change=True`` continues and appends the change to
+``OUT/config_changes.jsonl``). It prints which checkpoint and step it resumes from.
+
+Interrupts (:mod:`train.interrupt`): SIGINT or SIGTERM during the steps lets the step in progress finish; every
+rank stops after that same step (the flags are all-reduced with the step's losses), rank 0 writes its checkpoint,
+and :class:`train.interrupt.TrainingInterrupted` is raised (the CLI exits 130 / 143 saying how to resume).
+Progress: :mod:`train.progress` on rank 0's stderr. After every checkpoint the older ones are pruned to
+``keep_last`` plus the best (``keep_best``), never the one resumed from or the one just written.
 """
 from __future__ import annotations
 
@@ -38,9 +47,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from shared.errors import CalicoError
-from train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from train.config import TrainConfig
+from shared.errors import CalicoError, InputError
+from train.checkpoint import (atomic_write_text, checkpoint_path, checkpoint_scores, checkpoint_steps,
+                              latest_checkpoint, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
+                              set_rng_state)
+from train.config import TrainConfig, result_changes
+from train.interrupt import StopSignals, TrainingInterrupted, agreed_signal, ignore_stop_signals
+from train.progress import Progress
 
 #: Metric keys that are bookkeeping, not losses (left out of the loss plot).
 BOOKKEEPING = ("step", "epoch", "lr", "grad_norm", "seconds", "nan_skipped")
@@ -48,6 +61,19 @@ BOOKKEEPING = ("step", "epoch", "lr", "grad_norm", "seconds", "nan_skipped")
 
 class TrainingDiverged(CalicoError):
     """The loss (or the gradient norm) was not finite for ``max_nan`` consecutive steps."""
+
+
+class ResumeRefused(InputError):
+    """The checkpoint to resume from was trained with another configuration in fields that change the result
+    (``fields``: {dotted field: (checkpoint value, new value)})."""
+
+    def __init__(self, checkpoint, fields: dict[str, tuple]):
+        self.fields = dict(fields)
+        what = ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in self.fields.items())
+        super().__init__(f"refusing to resume: the configuration differs from this checkpoint's in {what}, which "
+                         "changes the result; rerun with the checkpoint's values, add --allow-config-change to "
+                         "continue with the new ones (logged in config_changes.jsonl of the run), or use "
+                         "--no-resume or another --out to start over", checkpoint)
 
 
 def _setup_distributed() -> tuple[int, int, int, torch.device]:
@@ -84,27 +110,38 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-def train(task, out_dir: str | Path, resume: bool = True, stop_after: int | None = None) -> dict:
+def train(task, out_dir: str | Path, resume: bool = True, stop_after: int | None = None,
+          allow_config_change: bool = False) -> dict:
     """Run ``task`` for ``task.cfg.optim.max_steps`` optimizer steps into ``out_dir``; returns a summary dict
     (step, epoch, nan_skipped, store_version, last metrics, rank, world_size).
 
     stop_after: stop (with a checkpoint) after this many steps *of this call*, a controlled interruption.
-    Restores torch's deterministic-algorithms setting afterwards.
+    allow_config_change: resume even when the configuration differs from the checkpoint's in fields that change
+    the result (logged in ``OUT/config_changes.jsonl``). Raises :class:`train.interrupt.TrainingInterrupted`
+    after a SIGINT / SIGTERM (module docstring). Restores torch's deterministic-algorithms setting afterwards.
     """
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        return _train(task, Path(out_dir), resume, stop_after)
+        return _train(task, Path(out_dir), resume, stop_after, allow_config_change)
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
-def _train(task, out: Path, resume: bool, stop_after: int | None) -> dict:
+def _log_config_change(out: Path, ckpt: Path, step: int, changed: dict, free: dict, note) -> None:
+    """Append the resume's configuration changes to ``OUT/config_changes.jsonl`` (rewritten atomically) and say so."""
+    path = out / "config_changes.jsonl"
+    line = json.dumps({"step": step, "checkpoint": str(ckpt), "allowed_with_flag": sorted(changed),
+                       "changes": {k: list(v) for k, v in (changed | free).items()}})
+    atomic_write_text(path, (path.read_text() if path.exists() else "") + line + "\n")
+    what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in (changed | free).items())
+    note(f"configuration changed on resume at step {step}: {what}" + (" (--allow-config-change)" if changed else "")
+         + f"; logged in {path}")
+
+
+def _train(task, out: Path, resume: bool, stop_after: int | None, allow_config_change: bool) -> dict:
     cfg: TrainConfig = task.cfg
     rank, world, _, device = _setup_distributed()
     master = rank == 0
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -114,6 +151,7 @@ def _train(task, out: Path, resume: bool, stop_after: int | None) -> dict:
     d = cfg.data
     stream, collate = task.stream(rank, world)
     loader = DataLoader(stream, batch_size=d.batch_size, collate_fn=collate, num_workers=d.num_workers,
+                        worker_init_fn=ignore_stop_signals,
                         generator=torch.Generator().manual_seed(d.seed))  # leaves the global torch RNG alone
 
     # ---- model (frozen parts without gradients), optimizer over the task's groups, schedule
@@ -138,33 +176,54 @@ def _train(task, out: Path, resume: bool, stop_after: int | None) -> dict:
 
     # ---- resume
     step = epoch = batch_in_epoch = nan_skipped = 0
+    progress = Progress(o.max_steps, cfg.log_every, enabled=master)
     ckpt = latest_checkpoint(out) if resume else None
+    resumed_step = None
     if ckpt is not None:
         state = load_checkpoint(ckpt)
         stream.check_version(state["store_version"])
         task.check_resume(state)
+        changed, free = result_changes(state.get("config") or {}, cfg.to_dict())
+        if changed and not allow_config_change:
+            raise ResumeRefused(ckpt, changed)
+        if master and (changed or free):
+            _log_config_change(out, ckpt, state["step"], changed, free, progress.note)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         nan_skipped = state.get("nan_skipped", 0)
         set_rng_state(state["rng"])
+        resumed_step = step
+        progress.note(f"resuming from {ckpt} (step {step} of {o.max_steps}, epoch {epoch})")
     metrics_path, eval_path = out / "metrics.jsonl", out / "eval.jsonl"
-    if master:  # drop lines logged after the checkpoint we resume from (they will be logged again)
-        for path in (metrics_path, eval_path):
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
+        for path in (metrics_path, eval_path):  # drop lines logged after the checkpoint resumed from (logged again)
             kept = [ln for ln in (path.read_text().splitlines() if path.exists() and ckpt else [])
                     if json.loads(ln)["step"] <= step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))
     tb = _tensorboard(out) if master else None
+    written: Path | None = None
 
     def checkpoint() -> None:
+        nonlocal written
         if master:
-            save_checkpoint(out, {
+            written = save_checkpoint(out, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch, "nan_skipped": nan_skipped, "rng": rng_state(),
                 "config": cfg.to_dict(), "task": cfg.task, "store_version": stream.store_version,
                 **task.checkpoint_extra()})
+            scores = None
+            if cfg.keep_best:
+                metric = getattr(task, "best_metric", None)
+                scores = checkpoint_scores(
+                    checkpoint_steps(out),
+                    read_metrics(metrics_path) if metrics_path.exists() else [], cfg.ckpt_every,
+                    read_metrics(eval_path) if metric and eval_path.exists() else [], metric)
+            prune_checkpoints(out, cfg.keep_last, scores, protect=(step, resumed_step))
         if world > 1:
             torch.distributed.barrier()
 
@@ -207,57 +266,64 @@ def _train(task, out: Path, resume: bool, stop_after: int | None) -> dict:
 
     # ---- the loop
     set_train_mode()
-    consecutive_nan, done_here, last = 0, 0, {}
+    consecutive_nan, done_here, last, stop = 0, 0, {}, None
     data = batches()
     t_prev = time.perf_counter()
-    while step < o.max_steps:
-        batch = _to(next(data), device)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
-            losses = ddp_model(batch)
-        loss = losses["loss"]
-        ok = torch.isfinite(loss.detach()).float()
-        ok = _mean_over_ranks(ok, world)  # every rank skips together, or none does
-        if ok.item() == 1.0:
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip or math.inf)
-            ok = _mean_over_ranks(torch.isfinite(grad_norm).float(), world)
-        if ok.item() != 1.0:  # NaN guard: skip this batch
+    with StopSignals() as signals:  # SIGINT / SIGTERM: finish this step, checkpoint it, stop (train.interrupt)
+        while step < o.max_steps:
+            batch = _to(next(data), device)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
+                losses = ddp_model(batch)
+            loss = losses["loss"]
+            ok = torch.isfinite(loss.detach()).float()
+            ok = _mean_over_ranks(ok, world)  # every rank skips together, or none does
+            if ok.item() == 1.0:
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, o.grad_clip or math.inf)
+                ok = _mean_over_ranks(torch.isfinite(grad_norm).float(), world)
+            if ok.item() != 1.0:  # NaN guard: skip this batch
+                optimizer.zero_grad(set_to_none=True)
+                nan_skipped += 1
+                consecutive_nan += 1
+                if consecutive_nan >= cfg.max_nan:
+                    raise TrainingDiverged(f"loss or gradient not finite for {consecutive_nan} consecutive steps "
+                                           f"at step {step} (epoch {epoch}); lower optim.lr or check the data")
+                continue
+            consecutive_nan = 0
+            lrs = scheduler.get_last_lr()
+            optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            nan_skipped += 1
-            consecutive_nan += 1
-            if consecutive_nan >= cfg.max_nan:
-                raise TrainingDiverged(f"loss or gradient not finite for {consecutive_nan} consecutive steps "
-                                       f"at step {step} (epoch {epoch}); lower optim.lr or check the data")
-            continue
-        consecutive_nan = 0
-        lrs = scheduler.get_last_lr()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        done_here += 1
+            step += 1
+            done_here += 1
 
-        keys = ["loss"] + sorted(k for k in losses if k != "loss")  # the same order on every rank
-        vals = _mean_over_ranks(torch.stack([losses[k].detach().float() for k in keys]), world).tolist()
-        now = time.perf_counter()
-        last = {"step": step, "epoch": epoch, **dict(zip(keys, vals)), "lr": lrs[0], "grad_norm": float(grad_norm),
-                "seconds": now - t_prev, "nan_skipped": nan_skipped}
-        if len(groups) > 1:
-            last |= {f"lr/{g['name']}": lr for g, lr in zip(groups, lrs)}
-        t_prev = now
-        if master and (step % cfg.log_every == 0 or step == o.max_steps):
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(last) + "\n")
-            if tb is not None:
-                for k in keys + ["lr", "grad_norm"]:
-                    tb.add_scalar(f"train/{k}", last[k], step)
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == o.max_steps):
-            evaluate()
-        stopping = stop_after is not None and done_here >= stop_after
-        if step % cfg.ckpt_every == 0 or step == o.max_steps or stopping:
-            checkpoint()
-        if stopping:
-            break
+            keys = ["loss"] + sorted(k for k in losses if k != "loss")  # the same order on every rank
+            # the step's losses and this rank's stop flags, averaged over the ranks in one all-reduce
+            flat = torch.cat([torch.stack([losses[k].detach().float() for k in keys]),
+                              torch.tensor(signals.flags(), device=loss.device)])
+            vals = _mean_over_ranks(flat, world).tolist()
+            stop = agreed_signal(vals[len(keys):])
+            now = time.perf_counter()
+            last = {"step": step, "epoch": epoch, **dict(zip(keys, vals)), "lr": lrs[0],
+                    "grad_norm": float(grad_norm), "seconds": now - t_prev, "nan_skipped": nan_skipped}
+            if len(groups) > 1:
+                last |= {f"lr/{g['name']}": lr for g, lr in zip(groups, lrs)}
+            t_prev = now
+            if master and (step % cfg.log_every == 0 or step == o.max_steps):
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+                if tb is not None:
+                    for k in keys + ["lr", "grad_norm"]:
+                        tb.add_scalar(f"train/{k}", last[k], step)
+            progress.update(step, last["loss"])
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == o.max_steps):
+                evaluate()
+            stopping = (stop_after is not None and done_here >= stop_after) or stop is not None
+            if step % cfg.ckpt_every == 0 or step == o.max_steps or stopping:
+                checkpoint()
+            if stopping:
+                break
+    progress.close()
 
     if master and step == o.max_steps:
         plot_losses(metrics_path, out / "loss.png", title=task.title)
@@ -265,13 +331,15 @@ def _train(task, out: Path, resume: bool, stop_after: int | None) -> dict:
         tb.close()
     if world > 1:
         torch.distributed.barrier()
+    if stop is not None and step < o.max_steps:
+        raise TrainingInterrupted(stop, step, written or checkpoint_path(out, step), out)
     return {"step": step, "epoch": epoch, "nan_skipped": nan_skipped, "store_version": stream.store_version,
             "last": last, "rank": rank, "world_size": world, "task": cfg.task}
 
 
 def pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
                  model_fn: Callable[[TrainConfig], nn.Module] | None = None,
-                 stop_after: int | None = None) -> dict:
+                 stop_after: int | None = None, allow_config_change: bool = False) -> dict:
     """PRC pre-training (METHOD.md section 2): :func:`train` of a :class:`train.tasks.prc.PRCTask`.
 
     model_fn: builds the model from the config (default: ``PRCModel(cfg.prc)``); it must follow the batch
@@ -279,14 +347,16 @@ def pretrain_prc(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
     """
     from train.tasks.prc import PRCTask
 
-    return train(PRCTask(cfg, model_fn=model_fn), out_dir, resume=resume, stop_after=stop_after)
+    return train(PRCTask(cfg, model_fn=model_fn), out_dir, resume=resume, stop_after=stop_after,
+                 allow_config_change=allow_config_change)
 
 
-def pretrain_rad(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, stop_after: int | None = None) -> dict:
+def pretrain_rad(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, stop_after: int | None = None,
+                 allow_config_change: bool = False) -> dict:
     """RAD pre-training (METHOD.md section 3): :func:`train` of a :class:`train.tasks.rad.RADTask`."""
     from train.tasks.rad import RADTask
 
-    return train(RADTask(cfg), out_dir, resume=resume, stop_after=stop_after)
+    return train(RADTask(cfg), out_dir, resume=resume, stop_after=stop_after, allow_config_change=allow_config_change)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import typer
 
+from calico.commands import checks
+
 
 def _loss_summary(run_dir: Path, what: str) -> str:
     """Mean loss of the first and of the last fifth of a run's logged steps, and where its loss curve is."""
@@ -40,7 +42,8 @@ def _loss_summary(run_dir: Path, what: str) -> str:
 
 
 def demo(
-    workdir: Path = typer.Option(Path("out/demo"), help="Folder for the generated data and the outputs."),
+    workdir: Path = typer.Option(Path("out/demo"), callback=checks.out_folder,
+                                 help="Folder for the generated data and the outputs."),
     preset: str = typer.Option("small", help="Synthetic dataset preset (see `calico synth --help`)."),
     seed: int = typer.Option(0, help="Seed of the generated dataset and of the augmentations."),
     backend: str = typer.Option("auto", help="Compute backend: auto, cpu or gpu."),
@@ -50,8 +53,7 @@ def demo(
     evaluate: bool = typer.Option(True, help="Run nuscenes-devkit's DetectionEval on the ground truth."),
 ) -> None:
     """Generate a small synthetic nuScenes dataset and run the pipeline on it end to end."""
-    from rich.console import Console
-
+    from calico.commands.output import console as make_console
     from calico.commands.store import show as catalog_show
     from calico.commands.store import stats as catalog_stats
     from data_catalog.report import ReportConfig, write_report
@@ -62,7 +64,7 @@ def demo(
     from shared.nuscenes_io import iter_lidar_tokens, iter_scenes, open_nuscenes
     from shared.synth import generate
 
-    console = Console()
+    console = make_console()
     workdir.mkdir(parents=True, exist_ok=True)
     backend = resolve_backend(backend)  # once per run
 

@@ -12,6 +12,8 @@ from typing import List, Optional
 
 import typer
 
+from calico.commands import checks
+
 app = typer.Typer(help="Preprocess LiDAR sweeps: ground removal, clustering, projection, augmentation.",
                   no_args_is_help=True)
 
@@ -23,8 +25,9 @@ def sweep(
     file: Path = typer.Argument(..., help="Point file: nuScenes *.pcd.bin (5 float32) or KITTI *.bin (4 float32)."),
     fmt: Optional[str] = typer.Option(None, "--format", help="nuscenes|kitti (default: from the file name)."),
     calib: Optional[Path] = typer.Option(
-        None, "--calib", help="Camera calibration: nuScenes fixture *.calib.json, KITTI calib .txt or KITTI "
-                              "demo *.calib.json. Enables the projection into the cameras."),
+        None, "--calib", callback=checks.file,
+        help="Camera calibration: nuScenes fixture *.calib.json, KITTI calib .txt or KITTI demo *.calib.json. "
+             "Enables the projection into the cameras."),
     backend: str = typer.Option("auto", "--backend", help="auto|cpu|gpu for ground removal and DBSCAN."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write per-point results to this .npz."),
     as_json: bool = typer.Option(False, "--json", help="Print the timings and statistics as JSON."),
@@ -37,15 +40,19 @@ def sweep(
         True, "--warmup/--no-warmup", help="Load (or compile) the Numba kernels on a small synthetic sweep "
                                            "first, so that the stage timings are steady-state."),
 ) -> None:
-    """Run the whole per-sweep computation on one point file; print timings (ms) and statistics."""
+    """Run the whole per-sweep computation on one point file; print timings (ms) and statistics. A file with no
+    finite point (empty, or every x, y, z NaN or infinite) is an error (exit status 2)."""
     import numpy as np
 
     from shared.fixtures import load_cameras
     from preprocess.sweep import SweepConfig, process_sweep, warm_up
     from shared.backend import resolve_backend
+    from calico.commands.output import to_stderr
+    from shared.compile_notice import PREPROCESS_COMPILE_S, announce_compilation
     from shared.errors import ConfigError, InputError
     from shared.malloc import tune_malloc
-    from shared.pointcloud import load_points
+    from shared.paths import check_file
+    from shared.pointcloud import finite_mask, load_points
 
     tune_malloc()  # as the preprocessing workers do: the stage timings are theirs
     if fmt is not None and fmt not in FORMATS:
@@ -54,11 +61,16 @@ def sweep(
         raise ConfigError("--save", str(save), "must be a path ending in .npz")
     cfg = SweepConfig.from_overrides(overrides or [])
     resolved = resolve_backend(backend)
+    check_file(file, "point file")
     points = load_points(file, fmt)
+    if not finite_mask(points).any():
+        raise InputError("no point to preprocess: " + (f"all {len(points):,} points have a non-finite x, y or z"
+                                                       if len(points) else "the file is empty"), file)
     cameras = load_cameras(calib) if calib is not None else None
     token = file.name if token is None else token
-    warm_ms = warm_up(cfg, resolved, cameras, points.shape[1]) if warmup else None
-    res = process_sweep(points, cameras, cfg, backend=resolved, seed=seed, token=token)
+    with announce_compilation(to_stderr, seconds=PREPROCESS_COMPILE_S):
+        warm_ms = warm_up(cfg, resolved, cameras, points.shape[1]) if warmup else None
+        res = process_sweep(points, cameras, cfg, backend=resolved, seed=seed, token=token)
 
     if save is not None:
         arrays = {
@@ -102,10 +114,11 @@ def sweep(
 
 
 def _print_table(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from calico.commands.output import console as make_console
+
+    console = make_console()
     s = report["stats"]
     console.print(f"[bold]{report['file']}[/bold] ({report['format']}, {s['points']:,} points, "
                   f"backend {report['backend']})")

@@ -1,10 +1,10 @@
-"""``calico preprocess run|verify``, ``calico catalog list|show|stats|diff|report|gc``: the region-cache store.
+"""``calico preprocess run|verify``, ``calico catalog list|show|stats|errors|diff|report|gc``: the region-cache store.
 
 ``run`` preprocesses a nuScenes dataroot into a versioned store with Dask (:mod:`preprocess.run`), ``verify``
 checks a store version against its manifests (:mod:`data_catalog.verify`), and the ``catalog`` sub-app lists
-the versions of a store, shows one (configuration, lineage, counts), prints its per-scene statistics,
-diffs two versions, writes an HTML report of one (:mod:`data_catalog.report`) and removes versions no longer
-wanted (:mod:`data_catalog.gc`).
+the versions of a store, shows one (configuration, lineage, counts), prints its per-scene statistics and its
+failed sweeps and warnings, diffs two versions, writes an HTML report of one (:mod:`data_catalog.report`) and
+removes versions no longer wanted (:mod:`data_catalog.gc`).
 Heavy imports happen inside the commands. Also runnable on its own: ``python -m calico.commands.store``.
 """
 from __future__ import annotations
@@ -15,16 +15,22 @@ from typing import List, Optional
 
 import typer
 
+from calico.commands import checks
+
 catalog_app = typer.Typer(help="Find and audit region-cache store versions.", no_args_is_help=True)
 
 
 def run(
-    store: Path = typer.Option(..., "--store", help="Store folder (created if missing)."),
-    dataroot: Optional[Path] = typer.Option(None, "--dataroot",
+    store: Path = typer.Option(..., "--store", callback=checks.out_folder,
+                               help="Store folder (created if missing)."),
+    dataroot: Optional[Path] = typer.Option(None, "--dataroot", callback=checks.folder,
                                             help="nuScenes dataroot (default $NUSCENES or /data/sets/nuscenes)."),
     version: str = typer.Option("v1.0-trainval", "--version", help="nuScenes version folder, e.g. v1.0-mini."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler",
-                                            help="Address of a running Dask scheduler (tcp://host:8786)."),
+                                            help="Address of a running Dask scheduler (tcp://host:8786); its "
+                                                 "workers must see --dataroot and --store (checked first)."),
+    connect_timeout: float = typer.Option(10.0, "--connect-timeout", help="Seconds to wait for --scheduler to "
+                                                                          "answer and for a first worker."),
     workers: int = typer.Option(2, "--workers", help="Worker processes of the local Dask cluster "
                                                      "(0: scenes one by one in this process, no Dask)."),
     threads: bool = typer.Option(False, "--threads", help="Local cluster of threads in this process "
@@ -37,9 +43,15 @@ def run(
     scenes: Optional[str] = typer.Option(None, "--scenes", help="Comma-separated scene names (default: all)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Also recompute the committed scenes whose shards hold failed sweeps (each "
+                                      "new shard swapped in for the old one); over repaired inputs (a new "
+                                      "version), reuse the intact shards of the earlier version."),
 ) -> None:
     """Preprocess every scene into a versioned store; committed scenes are skipped (resume). Exit status 1
-    when some sweeps or scenes failed (listed in the version's errors table)."""
+    while the scenes' shards hold failed sweeps (this run's or an earlier one's: `calico catalog errors` lists
+    them, --retry-failed recomputes them) or a scene failed; warnings alone (a sweep kept without a missing
+    camera image) exit 0."""
     import sys
 
     from preprocess.run import run as run_stage
@@ -51,23 +63,36 @@ def run(
     log = (lambda *a: typer.echo(" ".join(str(x) for x in a), err=True))
     summary = run_stage(dataroot if dataroot is not None else default_nuscenes_dataroot(), version, store, cfg,
                         sweeps=sweeps, backend=backend, seed=seed, workers=workers, scheduler=scheduler,
-                        processes=not threads, scenes=names, progress=progress, log=log, argv=sys.argv)
+                        processes=not threads, scenes=names, progress=progress, log=log, argv=sys.argv,
+                        retry_failed=retry_failed, connect_timeout=connect_timeout)
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=1))
     else:
-        s = summary
-        typer.echo(f"version {s.version}: {s.scenes_done} scene(s) written, {s.scenes_skipped} skipped "
-                   f"(already committed), {len(s.failed_scenes)} failed; {s.sweeps_done} sweep(s) done, "
-                   f"{s.failed_sweeps} failed; {s.wall_s:.1f} s")
-        for scene, why in s.failed_scenes.items():
-            typer.echo(f"  scene {scene} failed: {why}")
-        if s.failed_sweeps:
-            typer.echo(f"  failed sweeps are listed in {s.path}/errors.parquet")
+        for line in summary_lines(summary, store):
+            typer.echo(line)
     raise typer.Exit(summary.exit_code)
 
 
+def summary_lines(s, store: Path) -> list[str]:
+    """What ``run`` prints of a :class:`preprocess.run.RunSummary`."""
+    out = [f"version {s.version}: {s.scenes_done} scene(s) written, {s.scenes_skipped} skipped (already "
+           f"committed), {len(s.failed_scenes)} failed; {s.sweeps_done} sweep(s) done; {s.wall_s:.1f} s"]
+    if s.retried_scenes:
+        out.append(f"  retried in place: {', '.join(s.retried_scenes)}")
+    if s.reused_scenes:
+        out.append(f"  reused from version {s.reused_from} (same inputs, no failed sweep): "
+                   f"{', '.join(s.reused_scenes)}")
+    out += [f"  scene {scene} failed: {why}" for scene, why in s.failed_scenes.items()]
+    out.append(f"  the shards of these scenes hold {s.failed_sweeps} failed sweep(s) and {s.warnings} warning(s)"
+               + (f": calico catalog errors --store {store} --version {s.version}" if s.failed_sweeps or s.warnings
+                  else ""))
+    if s.failed_sweeps:
+        out.append("  repair the files named there, then rerun with --retry-failed")
+    return out
+
+
 def verify(
-    store: Path = typer.Option(..., "--store", help="Store folder."),
+    store: Path = typer.Option(..., "--store", callback=checks.folder, help="Store folder."),
     version: Optional[str] = typer.Option(None, "--version", help="Version id or unique prefix (default: all)."),
 ) -> None:
     """Check every shard against its manifest (counts and checksums); name missing and corrupt shards.
@@ -79,12 +104,11 @@ def verify(
     if version is not None:
         paths = [open_version(store, version).path]
     else:
-        docs = st.list_versions(store)
-        if not docs:
+        paths = st.version_dirs(store)  # also those whose version.json does not parse: verify says so
+        if not paths:
             from shared.errors import InputError
 
             raise InputError("no store versions here (expected versions/<id>/version.json)", store)
-        paths = [st.version_dir(store, d["id"]) for d in docs]
     bad = 0
     for p in paths:
         rep = verify_version(p)
@@ -117,7 +141,7 @@ def _non_default(config: dict) -> dict:
 
 @catalog_app.command("list")
 def list_versions(
-    store: Path = typer.Option(..., "--store", help="Store folder."),
+    store: Path = typer.Option(..., "--store", callback=checks.folder, help="Store folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the versions of a store (oldest first) with their parameters' differences from the defaults."""
@@ -147,7 +171,7 @@ def list_versions(
 
 @catalog_app.command("show")
 def show(
-    store: Path = typer.Option(..., "--store", help="Store folder."),
+    store: Path = typer.Option(..., "--store", callback=checks.folder, help="Store folder."),
     version: Optional[str] = typer.Argument(None, help="Version id or unique prefix (default: latest)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -159,8 +183,9 @@ def show(
     v = open_version(store, version)
     sw = v.sweeps_table()
     err = v.errors_table()
+    n_warn = err.column("level").to_pylist().count("warning")
     counts = {"scenes_committed": len(v.scenes()), "scenes_expected": len(v.expected_scenes()),
-              "sweeps": sw.num_rows, "errors": err.num_rows,
+              "sweeps": sw.num_rows, "errors": err.num_rows - n_warn, "warnings": n_warn,
               "points": int(np.sum(sw.column("points").to_numpy())) if sw.num_rows else 0}
     doc = {"id": v.id, "path": str(v.path), "created": v.info.get("created"), "spec": v.spec,
            "dataset": v.info.get("dataset"), "code": v.info.get("code"), "lineage": v.info.get("lineage"),
@@ -187,7 +212,7 @@ def show(
 
 @catalog_app.command("stats")
 def stats(
-    store: Path = typer.Option(..., "--store", help="Store folder."),
+    store: Path = typer.Option(..., "--store", callback=checks.folder, help="Store folder."),
     version: Optional[str] = typer.Argument(None, help="Version id or unique prefix (default: latest)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
 ) -> None:
@@ -213,11 +238,43 @@ def stats(
     _console().print(t)
 
 
+@catalog_app.command("errors")
+def errors(
+    store: Path = typer.Option(..., "--store", callback=checks.folder, help="Store folder."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version id or unique prefix (default: latest)."),
+    level: Optional[str] = typer.Option(None, "--level", help="Only rows of this level: error|warning."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+) -> None:
+    """The failed sweeps (level error: not in the store) and warnings (kept without something, e.g. a camera
+    image) of a version, read from its shards: one line each, level, scene, sweep token, stage, file, reason.
+    Exit status 0 (the listing is the answer; `calico preprocess run` exits 1 while failures exist)."""
+    from data_catalog import store as st
+    from data_catalog.reader import open_version
+    from shared.errors import ConfigError
+
+    if level is not None and level not in st.LEVELS:
+        raise ConfigError("--level", level, f"expected one of {', '.join(st.LEVELS)}")
+    v = open_version(store, version)
+    rows = [r for r in st.read_shard_tables(v.path, st.ERRORS_TABLE).to_pylist()
+            if level is None or r["level"] == level]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    n_err = sum(r["level"] == "error" for r in rows)
+    typer.echo(f"version {v.id}: {n_err} failed sweep(s), {len(rows) - n_err} warning(s)"
+               + (f" in {len({r['scene'] for r in rows})} scene(s)" if rows else ""))
+    if rows:
+        typer.echo("level\tscene\tsweep\tstage\tfile\treason")
+    for r in rows:
+        typer.echo("\t".join(" ".join(str(r[k]).split()) for k in ("level", "scene", "token", "stage", "file",
+                                                                   "reason")))
+
+
 @catalog_app.command("diff")
 def diff(
     a: str = typer.Argument(..., help="First version id or unique prefix."),
     b: str = typer.Argument(..., help="Second version id or unique prefix."),
-    store: Path = typer.Option(..., "--store", help="Store folder."),
+    store: Path = typer.Option(..., "--store", callback=checks.folder, help="Store folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Differences between two versions: their spec (parameters, sweeps, seed, inputs, code) and, per scene
@@ -255,10 +312,11 @@ def diff(
 
 @catalog_app.command("report")
 def report(
-    store: Path = typer.Option(..., "--store", help="Store folder."),
+    store: Path = typer.Option(..., "--store", callback=checks.folder, help="Store folder."),
     version: Optional[str] = typer.Argument(None, help="Version id or unique prefix (default: latest)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default STORE/reports); the page is "
-                                                           "<out>/<id>.html."),
+    out: Optional[Path] = typer.Option(None, "--out", callback=checks.out_folder,
+                                       help="Output folder (default STORE/reports); the page is "
+                                            "<out>/<id>.html."),
     all_versions: bool = typer.Option(False, "--all", help="One page per version of the store."),
     sweeps: Optional[List[str]] = typer.Option(None, "--sweeps", help="Sweep token to draw in bird's-eye view "
                                                                       "(repeatable; default: --n-sweeps picked)."),
@@ -287,7 +345,7 @@ def report(
 
 @catalog_app.command("gc")
 def gc(
-    store: Path = typer.Option(..., "--store", help="Store folder."),
+    store: Path = typer.Option(..., "--store", callback=checks.folder, help="Store folder."),
     keep: Optional[List[str]] = typer.Option(None, "--keep", help="Version id or unique prefix to keep "
                                                                   "(repeatable)."),
     keep_latest: int = typer.Option(1, "--keep-latest", help="Keep the N most recently created versions "

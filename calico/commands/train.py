@@ -3,15 +3,19 @@ distillation into the camera branch, and the probe of pre-trained features, on a
 
 Registered in ``calico/cli.py`` as ``calico train``; through ``torchrun``:
 ``torchrun --standalone --nproc-per-node 2 -m calico train pretrain-prc --store S ...`` (or ``pretrain-rad``).
-Heavy imports happen inside the command.
+Heavy imports happen inside the command. Ctrl-C / SIGTERM during training: a checkpoint of the last step is
+written, the command says how to resume and exits 130 / 143 (:mod:`train.interrupt`).
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from calico.commands import checks
 
 app = typer.Typer(help="Pre-train and fine-tune on a region-cache store.", no_args_is_help=True)
 
@@ -22,7 +26,8 @@ def _group() -> None:
 
 
 def train_config(preset: str, task: str, store: Path, version: str | None, steps: int | None = None,
-                 batch_size: int | None = None, overrides: list[str] | None = None, teacher: Path | None = None):
+                 batch_size: int | None = None, overrides: list[str] | None = None, teacher: Path | None = None,
+                 verify_shards: bool = True):
     """The preset of ``task`` with the command's options and ``--set`` overrides applied (in that order); for RAD
     the LiDAR backbone (and PRC head) configuration comes from the teacher checkpoint."""
     from shared.errors import ConfigError
@@ -40,10 +45,28 @@ def train_config(preset: str, task: str, store: Path, version: str | None, steps
         sets.append(f"optim.max_steps={steps}")
     if batch_size is not None:
         sets.append(f"data.batch_size={batch_size}")
+    if not verify_shards:
+        sets.append("data.verify_shards=False")
     return with_overrides(base, sets + list(overrides or []))
 
 
-_STORE = typer.Option(..., "--store", help="Store folder written by `calico preprocess run`.")
+def run_training(run, cfg, out: Path, resume: bool, allow_config_change: bool) -> None:
+    """``run(cfg, out, ...)`` (``train.loop.pretrain_prc`` / ``pretrain_rad``); rank 0 prints the JSON summary. On
+    SIGINT / SIGTERM: the loop's message (checkpoint written, how to resume) and exit status 128 + signal."""
+    from train.interrupt import TrainingInterrupted
+
+    try:
+        summary = run(cfg, out, resume=resume, allow_config_change=allow_config_change)
+    except TrainingInterrupted as exc:
+        if int(os.environ.get("RANK", "0")) == 0:
+            typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_status) from None
+    if summary["rank"] == 0:
+        typer.echo(json.dumps(summary))
+
+
+_STORE = typer.Option(..., "--store", callback=checks.folder,
+                      help="Store folder written by `calico preprocess run`.")
 _VERSION = typer.Option(None, "--version", help="Store version id or unique prefix (default: the latest).")
 _PRESET = typer.Option("small", "--preset", help="small (CPU, small grid and camera model) or nuscenes "
                                                  "(+-51.2 m, 0.2 m pillars; Swin-T 256x704).")
@@ -51,40 +74,53 @@ _STEPS = typer.Option(None, "--steps", help="Optimizer steps (optim.max_steps)."
 _BATCH = typer.Option(None, "--batch-size", help="Scans per step and process.")
 _SETS = typer.Option(None, "--set", help="Config override key=value (repeatable), e.g. --set optim.lr=3e-4.")
 _RESUME = typer.Option(True, "--resume/--no-resume", help="Continue from the latest checkpoint in --out.")
+_ALLOW = typer.Option(False, "--allow-config-change",
+                      help="Resume even when the configuration differs from the checkpoint's in fields that change "
+                           "the result (logged in OUT/config_changes.jsonl); without it such a resume is refused.")
+_VERIFY = typer.Option(True, "--verify-shards/--no-verify-shards",
+                       help="Check every shard against the SHA-256 of its manifest when first read (sizes are "
+                            "always checked); data.verify_shards.")
 
 
 @app.command("pretrain-prc")
 def pretrain_prc(
     store: Path = _STORE,
     version: Optional[str] = _VERSION,
-    out: Path = typer.Option(Path("runs/prc"), "--out", help="Run folder: checkpoints, metrics.jsonl, loss.png."),
+    out: Path = typer.Option(Path("runs/prc"), "--out", callback=checks.out_folder,
+                             help="Run folder: checkpoints, metrics.jsonl, loss.png."),
     preset: str = _PRESET,
     steps: Optional[int] = _STEPS,
     batch_size: Optional[int] = _BATCH,
     overrides: Optional[List[str]] = _SETS,
     resume: bool = _RESUME,
+    allow_config_change: bool = _ALLOW,
+    verify_shards: bool = _VERIFY,
 ) -> None:
-    """Train PRC (point-region contrast) for --steps steps; resumes from --out's latest checkpoint.
+    """Train PRC (point-region contrast) for --steps steps; resumes from --out's latest checkpoint. Ctrl-C or
+    SIGTERM writes a checkpoint of the last step and exits 130 / 143; rerunning the same command resumes.
     Several processes: `torchrun --nproc-per-node 2 -m calico train pretrain-prc ...`."""
     from train.loop import pretrain_prc as run
 
-    summary = run(train_config(preset, "prc", store, version, steps, batch_size, overrides), out, resume=resume)
-    if summary["rank"] == 0:
-        typer.echo(json.dumps(summary))
+    cfg = train_config(preset, "prc", store, version, steps, batch_size, overrides, verify_shards=verify_shards)
+    run_training(run, cfg, out, resume, allow_config_change)
 
 
 @app.command("pretrain-rad")
 def pretrain_rad(
     store: Path = _STORE,
-    teacher: Path = typer.Option(..., "--teacher", help="The PRC run folder (its latest checkpoint) or checkpoint "
+    teacher: Path = typer.Option(..., "--teacher", callback=checks.file_or_folder,
+                                 help="The PRC run folder (its latest checkpoint) or checkpoint "
                                                         "file to distil from; frozen."),
     version: Optional[str] = _VERSION,
-    out: Path = typer.Option(Path("runs/rad"), "--out", help="Run folder: checkpoints, metrics.jsonl, loss.png."),
+    out: Path = typer.Option(Path("runs/rad"), "--out", callback=checks.out_folder,
+                             help="Run folder: checkpoints, metrics.jsonl, loss.png."),
     preset: str = _PRESET,
     steps: Optional[int] = _STEPS,
     batch_size: Optional[int] = _BATCH,
     overrides: Optional[List[str]] = _SETS,
     resume: bool = _RESUME,
+    allow_config_change: bool = _ALLOW,
+    verify_shards: bool = _VERIFY,
 ) -> None:
     """Train RAD (region-aware distillation of the frozen PRC LiDAR backbone into the camera branch) for --steps
     steps; the images are read from the dataroot the store version names (--set images.dataroot=... to move it).
@@ -92,29 +128,32 @@ def pretrain_rad(
     Several processes: `torchrun --nproc-per-node 2 -m calico train pretrain-rad ...`."""
     from train.loop import pretrain_rad as run
 
-    cfg = train_config(preset, "rad", store, version, steps, batch_size, overrides, teacher=teacher)
-    summary = run(cfg, out, resume=resume)
-    if summary["rank"] == 0:
-        typer.echo(json.dumps(summary))
+    cfg = train_config(preset, "rad", store, version, steps, batch_size, overrides, teacher=teacher,
+                       verify_shards=verify_shards)
+    run_training(run, cfg, out, resume, allow_config_change)
 
 
 @app.command("probe")
 def probe(
-    store: Path = typer.Option(..., "--store", help="Store folder to probe on (scenes split train / held-out)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A PRC checkpoint file, or a run folder (its latest)."),
+    store: Path = typer.Option(..., "--store", callback=checks.folder,
+                               help="Store folder to probe on (scenes split train / held-out)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", callback=checks.file_or_folder,
+                                    help="A PRC checkpoint file, or a run folder (its latest)."),
     version: Optional[str] = typer.Option(None, "--version", help="Store version id or unique prefix "
                                                                   "(default: the latest)."),
-    dataroot: Optional[Path] = typer.Option(None, "--dataroot", help="nuScenes dataroot for the annotations "
-                                                                     "(default: the one the store version records)."),
+    dataroot: Optional[Path] = typer.Option(None, "--dataroot", callback=checks.folder,
+                                            help="nuScenes dataroot for the annotations "
+                                                 "(default: the one the store version records)."),
     points: int = typer.Option(512, "--points", help="Points sampled per sweep."),
     head: bool = typer.Option(False, "--head/--no-head", help="Features through the projection head."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of a table."),
+    verify_shards: bool = _VERIFY,
 ) -> None:
     """Linear probe (object classes) and nearest-neighbour (regions) accuracy on held-out scenes of a
     pre-trained backbone against the same backbone randomly initialised."""
     from train.eval.probe import ProbeConfig, compare, format_table
 
     result = compare(checkpoint, store, version=version, dataroot=dataroot,
-                     cfg=ProbeConfig(points_per_sweep=points, seed=seed, use_head=head))
+                     cfg=ProbeConfig(points_per_sweep=points, seed=seed, use_head=head, verify_shards=verify_shards))
     typer.echo(json.dumps(result) if as_json else format_table(result))

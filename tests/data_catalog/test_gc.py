@@ -3,7 +3,6 @@ with a live writer are never removed."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import subprocess
@@ -34,17 +33,19 @@ def _snapshot(store: Path) -> dict[str, int]:
 
 @pytest.fixture
 def store(tmp_path, make_shard):
-    """A store with 4 versions (v0 oldest ... v3 latest), each with one real committed shard, all an hour old."""
+    """A store with 4 versions (v0 oldest ... v3 latest), each with one real committed shard and its version
+    tables, all an hour old."""
+    from data_catalog.version import VersionSpec
+
     root = tmp_path / "store"
     ids = []
     for k in range(4):
-        vid = f"{k:x}" * 4 + f"{k:012x}"
-        vdir = st.version_dir(root, vid)
+        spec = VersionSpec(dataset_version="v1.0-mini", manifest_sha256="m", config={}, sweeps="keyframes",
+                           seed=k, code_sha256="c")
+        vdir, _ = st.create_version(root, spec, {"scenes": ["scene-a"]})
         make_shard(scene="scene-a", sizes=(200 + 100 * k, 50), seed=k, vdir=vdir)
-        (vdir / "version.json").write_text(json.dumps({
-            "id": vid, "spec": {"dataset_version": "v1.0-mini", "config": {}}, "scenes": ["scene-a"],
-            "created": f"2026-01-0{k + 1}T00:00:00Z", "created_unix": 1e9 + k}))
-        ids.append(vid)
+        st.finalize(vdir)
+        ids.append(spec.id)
     _age(root)
     return root, ids
 
@@ -67,6 +68,23 @@ def test_keeps_what_is_asked_and_removes_the_rest(store):
     from data_catalog.verify import verify_version
 
     assert all(verify_version(st.version_dir(root, i)).ok for i in _ids(root))
+
+
+def test_a_shard_hard_linked_into_a_kept_version_is_not_counted_as_freed(store):
+    """``--retry-failed`` hard-links unchanged shards into the new version: removing the old version frees
+    only what no kept version links to, and the kept version stays whole."""
+    from data_catalog.verify import verify_shard
+
+    root, ids = store
+    src = st.shard_dir(st.version_dir(root, ids[0]), "scene-a")
+    st.link_shard(src, st.version_dir(root, ids[3]), "scene-b")
+    linked = gc.tree_bytes(src)
+    plan = gc.plan_gc(root, keep_latest=1)
+    assert [v.id for v in plan.to_remove] == ids[:3]
+    assert plan.bytes_freed == sum(v.bytes for v in plan.to_remove) - linked > 0
+    res = gc.collect(root, plan)
+    assert res.bytes_freed == plan.bytes_freed
+    assert verify_shard(st.shard_dir(st.version_dir(root, ids[3]), "scene-b")) == []
 
 
 def test_latest_kept_by_default_and_only_removed_when_asked(store):

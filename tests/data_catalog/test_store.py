@@ -146,7 +146,7 @@ def test_round_trip_through_the_reader(make_shard):
     vdir, items, res = make_shard(sizes=(500, 1200, 0, 300))
     assert res.status == "committed" and res.path == vdir / "shards" / "scene-a"
     man = res.manifest
-    assert man["counts"] == {"sweeps": 4, "points": 2000, "errors": 1,
+    assert man["counts"] == {"sweeps": 4, "points": 2000, "errors": 1, "warnings": 0,
                              "pairs": sum(len(r.projection) for _, r in items),
                              "regions": sum(np.unique(r.region[r.region >= 0]).size for _, r in items)}
     shard = Shard(res.path)
@@ -195,7 +195,7 @@ def test_round_trip_through_the_reader(make_shard):
     assert sweeps["t_load_ms"] == [0.5] * 4 and sweeps["points"] == [500, 1200, 0, 300]
     errors = shard.errors_table().to_pylist()
     assert errors == [{"token": "scene-a-bad", "scene": "scene-a", "file": "s/bad.pcd.bin", "stage": "load",
-                       "reason": "truncated"}]
+                       "reason": "truncated", "level": "error"}]
 
 
 def test_sharded_arrays_written_from_memory_match_their_manifest(make_shard, monkeypatch):
@@ -432,3 +432,93 @@ def test_points_without_feature_columns(tmp_path):
     sw = Shard(out.path).sweep(0)
     assert sw.features.shape == (80, 0) and len(sw) == 80
     np.testing.assert_array_equal(sw.region, res.region)
+
+
+def _writer(vdir, scene, seed, errors=0):
+    w = st.ShardWriter(vdir, scene)
+    pts, res, cams = fake_sweep(np.random.default_rng(seed), 200, "t")
+    w.add(st.SweepInput(f"{scene}-t", pts, cameras=cams), res)
+    for i in range(errors):
+        w.add_error(f"{scene}-bad{i}", "s/bad.pcd.bin", "truncated", "load")
+    return w
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
+def test_a_committed_shard_is_replaced_whole(tmp_path, monkeypatch, exchange):
+    """commit(replace=True) swaps the new shard in for the committed one (atomically with renameat2's
+    RENAME_EXCHANGE, or with two renames where the filesystem cannot); the old files are gone, nothing is left
+    in .tmp-*; a commit that fails midway leaves the old shard as it was."""
+    from data_catalog.verify import verify_shard
+
+    if not exchange:
+        monkeypatch.setattr(st, "_rename_exchange", lambda a, b: False)
+    vdir = tmp_path / "v"
+    old = _writer(vdir, "scene-a", 0, errors=1).commit()
+    assert _writer(vdir, "scene-a", 1).commit().status == "exists"  # without replace: never overwritten
+    real = st._write_file
+
+    def full_disk(path, data):
+        if path.name == st.MANIFEST:
+            raise OSError("[Errno 28] No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(st, "_write_file", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        _writer(vdir, "scene-a", 1).commit(replace=True)
+    monkeypatch.setattr(st, "_write_file", real)
+    assert st.read_manifest(old.path) == old.manifest and verify_shard(old.path) == []
+    assert st.tmp_dirs(vdir) == []
+    new = _writer(vdir, "scene-a", 1).commit(replace=True)
+    assert new.status == "replaced" and new.path == old.path
+    assert st.read_manifest(new.path) == new.manifest != old.manifest
+    assert new.manifest["counts"]["errors"] == 0 and verify_shard(new.path) == []
+    assert st.tmp_dirs(vdir) == [] and st.committed_scenes(vdir) == ["scene-a"]
+
+
+def test_link_shard_takes_a_shard_of_another_version_as_it_is(tmp_path):
+    src = _writer(tmp_path / "v1", "scene-a", 0).commit()
+    got = st.link_shard(src.path, tmp_path / "v2", "scene-a")
+    assert got.status == "committed" and got.manifest == src.manifest
+    for p in src.path.rglob("*"):
+        if p.is_file():
+            q = got.path / p.relative_to(src.path)
+            assert os.path.samefile(p, q)
+    assert st.link_shard(src.path, tmp_path / "v2", "scene-a").status == "exists"
+    assert st.tmp_dirs(tmp_path / "v2") == []
+
+
+def test_errors_table_levels_and_old_tables_without_them(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    w = _writer(tmp_path / "v", "scene-a", 0, errors=1)
+    w.add_error("scene-a-t", "samples/CAM_FRONT/x.jpg", "CAM_FRONT image not found", "load", level="warning")
+    with pytest.raises(ValueError, match="level"):
+        w.add_error("x", "f", "r", "load", level="fatal")
+    res = w.commit()
+    assert res.manifest["counts"]["errors"] == 1 and res.manifest["counts"]["warnings"] == 1
+    assert st.shard_failures(tmp_path / "v", "scene-a") == (1, 1)
+    assert st.read_shard_tables(tmp_path / "v", st.ERRORS_TABLE).column("level").to_pylist() == ["error", "warning"]
+    # a shard of format 1: no level column, no warnings count; its rows read as errors, which they were
+    old = pa.table({k: ["t", "scene-a", "f", "load", "truncated"][i:i + 1]
+                    for i, k in enumerate(("token", "scene", "file", "stage", "reason"))})
+    pq.write_table(old, res.path / st.ERRORS_TABLE)
+    man = st.read_manifest(res.path)
+    man["counts"].pop("warnings")
+    (res.path / st.MANIFEST).write_text(json.dumps(man))
+    assert st.read_shard_tables(tmp_path / "v", st.ERRORS_TABLE).to_pylist() == [
+        {"token": "t", "scene": "scene-a", "file": "f", "stage": "load", "reason": "truncated", "level": "error"}]
+    assert st.shard_failures(tmp_path / "v", "scene-a") == (1, 0)
+
+
+def test_run_records_are_never_overwritten(tmp_path):
+    """Two records at the same instant (same host and pid): both kept, each whole."""
+    import time
+
+    when = 1_800_000_000.123456
+    a = st.write_run_record(tmp_path, {"n": 1}, when=when)
+    b = st.write_run_record(tmp_path, {"n": 2}, when=when)
+    assert a != b and st.run_records(tmp_path) == sorted([a, b])
+    assert sorted(json.loads(p.read_text())["n"] for p in (a, b)) == [1, 2]
+    assert a.name.startswith(time.strftime("%Y%m%dT%H%M%S", time.gmtime(when)) + ".123456Z-")
+    assert [p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")] == []

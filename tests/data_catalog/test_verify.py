@@ -9,7 +9,7 @@ import pytest
 from data_catalog import store as st
 from data_catalog.reader import open_version
 from data_catalog.verify import verify_shard, verify_version
-from data_catalog.version import VersionSpec
+from data_catalog.version import DOC_SHA256, VersionSpec, doc_checksum
 from preprocess.sweep import SweepConfig
 
 
@@ -65,12 +65,14 @@ def test_deleted_extra_and_resized_files_and_a_removed_shard(version):
     assert rep.missing == ["scene-b", "scene-c"]
 
 
-def test_manifest_counts_are_checked_against_the_arrays(version):
+@pytest.mark.parametrize("count, problem", [("points", "points in the array"),
+                                            ("errors", "errors.parquet: 1 row(s), manifest counts 2")])
+def test_manifest_counts_are_checked_against_the_arrays_and_tables(version, count, problem):
     a = version / "shards" / "scene-a"
     man = json.loads((a / "manifest.json").read_text())
-    man["counts"]["points"] += 1
+    man["counts"][count] += 1
     (a / "manifest.json").write_text(json.dumps(man))
-    assert any("points in the array" in p for p in verify_shard(a))
+    assert any(problem in p for p in verify_shard(a))
 
 
 def test_a_shard_folder_without_manifest_is_reported(version):
@@ -78,3 +80,67 @@ def test_a_shard_folder_without_manifest_is_reported(version):
     rep = verify_version(version)
     assert [c.scene for c in rep.corrupt] == ["scene-c"]
     assert open_version(version.parent.parent).scenes() == ["scene-a", "scene-b"]
+
+
+@pytest.fixture
+def finalized(version):
+    st.finalize(version)
+    return version
+
+
+def test_version_json_and_version_tables_of_a_clean_version(finalized):
+    rep = verify_version(finalized)
+    assert rep.version_problems == [] and rep.notes == []
+    assert "version.json and version tables ok" in rep.lines()[0]
+
+
+def test_a_version_never_finalized_has_no_tables(version):
+    rep = verify_version(version)
+    assert sorted(p.split(":")[0] for p in rep.version_problems) == sorted(st.VERSION_TABLES)
+    assert all("missing" in p for p in rep.version_problems)
+
+
+def test_changed_version_json_and_tables_are_found(finalized):
+    vj = finalized / "version.json"
+    doc = json.loads(vj.read_text())
+    doc["scenes"] = ["scene-a"]  # a hand edit: the version would no longer miss scene-b, scene-c
+    vj.write_text(json.dumps(doc))
+    t = finalized / st.SWEEPS_TABLE
+    data = bytearray(t.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    t.write_bytes(bytes(data))
+    rep = verify_version(finalized)
+    assert "version.json: checksum mismatch (content changed)" in rep.version_problems
+    assert f"{st.SWEEPS_TABLE}: checksum mismatch (content changed)" in rep.version_problems
+    assert not rep.ok and any(line.startswith("corrupt: version.json") for line in rep.lines())
+    doc["spec"]["seed"] = 1  # the spec no longer hashes to the id
+    doc[DOC_SHA256] = doc_checksum(doc)
+    vj.write_text(json.dumps(doc))
+    assert any("its spec hashes to" in p for p in verify_version(finalized).version_problems)
+    vj.write_text("{not json")
+    rep = verify_version(finalized)  # reported, not raised
+    assert rep.version == finalized.name and any("not valid JSON" in p for p in rep.version_problems)
+
+
+def test_tables_derived_before_a_commit_are_stale(finalized, make_shard):
+    make_shard("scene-c", sizes=(100,), seed=2, vdir=finalized)
+    [problem] = verify_version(finalized).version_problems
+    assert "stale" in problem and "scene-c" in problem
+    st.finalize(finalized)
+    assert verify_version(finalized).version_problems == []
+
+
+def test_an_older_store_without_checksums_says_not_recorded(finalized):
+    """A store of format 1 records no checksum of version.json or of its tables: verify says so (not a
+    problem) and checks the tables' rows against the shards instead."""
+    vj = finalized / "version.json"
+    doc = json.loads(vj.read_text())
+    del doc[DOC_SHA256]
+    vj.write_text(json.dumps(doc))
+    (finalized / st.TABLES_MANIFEST).unlink()
+    rep = verify_version(finalized)
+    assert rep.version_problems == [] and len(rep.notes) == 2
+    assert all("not recorded" in n for n in rep.notes) and any(line.startswith("not checked: ") for line in rep.lines())
+    shutil.rmtree(finalized / "shards" / "scene-b")  # the tables now hold a scene that is gone
+    problems = verify_version(finalized).version_problems
+    assert {p.split(":")[0] for p in problems} == set(st.VERSION_TABLES) and all("stale" in p for p in problems)

@@ -35,7 +35,9 @@ def assert_matches_sklearn(xyz, cfg):
 
 
 @pytest.mark.parametrize("field,value", [("eps", 0), ("eps", float("inf")), ("min_samples", 0),
-                                         ("min_samples", 2.5), ("dims", "xz")])
+                                         ("min_samples", 2.5), ("dims", "xz"), ("eps_range_edges", (20.0, 10.0)),
+                                         ("eps_range_edges", "10"), ("eps_range_scale", (1.0, 0.0, 1.0, 1.0)),
+                                         ("eps_range_scale", (1.0, 2.0)), ("eps_range_scale", (True, 1, 1, 1))])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ConfigError) as exc:
         ClusterConfig(**{field: value})
@@ -170,9 +172,82 @@ def test_cluster_nonground_keeps_ground_as_noise():
     rng = np.random.default_rng(6)
     pts = rng.normal(0, 1, (400, 3)).astype(np.float32)
     ground = rng.random(400) < 0.3
-    labels = cluster_nonground(pts, ground)
+    labels = cluster_nonground(pts, ground, PLAIN)
     assert (labels[ground] == -1).all()
-    np.testing.assert_array_equal(labels[~ground], dbscan(pts[~ground]))
+    np.testing.assert_array_equal(labels[~ground], dbscan(pts[~ground], PLAIN))
+    banded = cluster_nonground(pts, ground)  # all within 10 m: one band, eps 0.375
+    assert (banded[ground] == -1).all()
+    np.testing.assert_array_equal(banded[~ground], dbscan(pts[~ground], ClusterConfig(eps=0.375)))
+
+
+#: One eps everywhere: the paper's DBSCAN (the defaults scale eps by range band).
+PLAIN = ClusterConfig(eps_range_edges=(), eps_range_scale=())
+
+
+def _ring_blobs(rng, ranges, n=60, spread=0.03):
+    """Tight blobs of n points (xy, z = -1) at the given (range, azimuth) pairs."""
+    pts = [np.column_stack([r * np.cos(a) + rng.normal(0, spread, n), r * np.sin(a) + rng.normal(0, spread, n),
+                            np.full(n, -1.0)]) for r, a in ranges]
+    return np.concatenate(pts)
+
+
+def _disc(rng, n, r_max, r_min=None):
+    """n points (float32, z in [-1, 1]) uniform over the disc of radius r_max (about 0.1 r_max inside it empty),
+    or uniform in range over the ring [r_min, r_max)."""
+    r = rng.uniform(r_min, r_max, n) if r_min is not None else r_max * np.sqrt(rng.uniform(0.01, 1, n))
+    a = rng.uniform(-np.pi, np.pi, n)
+    return np.column_stack([r * np.cos(a), r * np.sin(a), rng.uniform(-1, 1, n)]).astype(np.float32)
+
+
+def test_config_bands_and_plain():
+    cfg = ClusterConfig()
+    assert cfg.band_eps == (0.375, 0.75, 1.125, 1.5)
+    assert PLAIN.band_eps == (0.75,)
+    assert ClusterConfig(eps_range_edges=[5, 15], eps_range_scale=[1, 2, 3]).eps_range_edges == (5.0, 15.0)
+    assert ClusterConfig(eps=0.5).band_eps == (0.25, 0.5, 0.75, 1.0)  # eps scales every band
+
+
+def test_range_bands_join_far_gaps_and_split_near_ones():
+    """Two blobs whose centres are 0.75 m apart at 5 m (about 0.55 m between their edges) are two clusters
+    (band eps 0.375), one with the plain eps 0.75; two blobs 1.3 m apart (about 1.1 m) at 35 m are one cluster
+    (band eps 1.5), two with the plain eps."""
+    rng = np.random.default_rng(0)
+    near = _ring_blobs(rng, [(5.0, 0.3), (5.0, 0.3 + 0.75 / 5.0)])
+    far = _ring_blobs(rng, [(35.0, -1.0), (35.0, -1.0 + 1.3 / 35.0)])
+    pts = np.concatenate([near, far]).astype(np.float32)
+    none = np.zeros(len(pts), bool)
+    banded = cluster_nonground(pts, none)
+    plain = cluster_nonground(pts, none, PLAIN)
+    n = len(near) // 2
+    assert banded[:n].min() >= 0 and len(set(banded[:n])) == 1 and set(banded[:n]).isdisjoint(banded[n:2 * n])
+    assert len(set(plain[: 2 * n])) == 1
+    assert len(set(banded[2 * n:])) == 1 and banded[2 * n] >= 0
+    assert len(set(plain[2 * n: 3 * n]) & set(plain[3 * n:])) == 0
+    assert banded.max() + 1 == 3 and plain.max() + 1 == 3
+
+
+def test_a_cluster_across_band_edges_stays_one():
+    """A radial line of points 0.15 m apart from 5 to 40 m crosses the 10, 20 and 30 m edges: one cluster; the
+    clusters are numbered 0..K-1 by their lowest-index point."""
+    r = np.arange(5.0, 40.0, 0.15)
+    line = np.column_stack([r * np.cos(0.7), r * np.sin(0.7), np.full(len(r), -1.0)])
+    blob = _ring_blobs(np.random.default_rng(1), [(25.0, 2.5)])
+    pts = np.concatenate([blob, line[::-1]]).astype(np.float32)  # far end first in point order
+    labels = cluster_nonground(pts, np.zeros(len(pts), bool))
+    assert (labels[: len(blob)] == 0).all() and (labels[len(blob):] == 1).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_each_band_is_exact_dbscan(seed):
+    """Points spread over one band (here 12-18 m) get exactly DBSCAN's partition at that band's eps; over all
+    bands, the clustering of the points of a band that have no neighbour within eps across an edge is DBSCAN's
+    at that band's eps."""
+    pts = _disc(np.random.default_rng(seed), 3000, 18.0, 12.0)
+    labels = cluster_nonground(pts, np.zeros(len(pts), bool))
+    ref, core = dbscan_reference(pts, ClusterConfig(eps=0.75))
+    assert core_partition_equal(labels, core, ref, core)
+    np.testing.assert_array_equal(labels == -1, ref == -1)
+    assert adjusted_rand_index(labels, ref) > 0.99
 
 
 def test_agreement_measures():
@@ -226,6 +301,19 @@ def test_gpu_matches_cpu():
         assert adjusted_rand_index(lg, lc) > 0.999
 
 
+@pytest.mark.gpu
+def test_gpu_banded_matches_cpu():
+    ok, why = gpu_status()
+    if not ok:
+        pytest.skip(why)
+    pts = _disc(np.random.default_rng(9), 8000, 50.0)
+    none = np.zeros(len(pts), bool)
+    for dims in ("xy", "xyz"):
+        cfg = ClusterConfig(dims=dims)
+        assert adjusted_rand_index(cluster_nonground(pts, none, cfg, backend="gpu"),
+                                   cluster_nonground(pts, none, cfg, backend="cpu")) > 0.999
+
+
 def test_gpu_glue_with_sklearn_standing_in_for_cuml(monkeypatch):
     """The cuML code path (renumbering, core mask) with scikit-learn standing in for cuML and numpy for cupy."""
     import sys
@@ -264,3 +352,26 @@ def test_gpu_glue_with_sklearn_standing_in_for_cuml(monkeypatch):
     assert lab_gpu.dtype == np.int32
     empty = C._dbscan_gpu(np.zeros((0, 2)), ClusterConfig())
     assert empty[0].shape == (0,) and empty[1].shape == (0,)
+
+
+def test_banded_gpu_path_with_sklearn_standing_in_for_cuml(monkeypatch):
+    """The range bands on the GPU path: per band cuML (scikit-learn standing in), joined on the host by the
+    same code as the CPU path: the same partition of the core points (the border points may pick another
+    neighbouring cluster, as DBSCAN allows)."""
+    from sklearn.cluster import DBSCAN as SkDBSCAN
+
+    def fake_gpu(pts, cfg):
+        m = SkDBSCAN(eps=cfg.eps, min_samples=cfg.min_samples).fit(pts)
+        core = np.zeros(len(pts), bool)
+        core[m.core_sample_indices_] = True
+        return C._renumber_by_first_core(m.labels_, core), core
+
+    monkeypatch.setattr(C, "_dbscan_gpu", fake_gpu)
+    pts = _disc(np.random.default_rng(10), 5000, 45.0)[:, :2].astype(np.float64)
+    cfg = ClusterConfig()
+    gpu = C.banded_labels(pts, cfg, "gpu")
+    cpu = C.banded_labels(pts, cfg, "cpu")
+    assert gpu.dtype == cpu.dtype == np.int32
+    assert adjusted_rand_index(gpu, cpu) > 0.99
+    np.testing.assert_array_equal(gpu == -1, cpu == -1)
+    assert C.banded_labels(np.zeros((0, 2)), cfg, "gpu").shape == (0,)

@@ -238,3 +238,24 @@ def test_gpu_path_logic_matches_cpu_with_numpy_standin(monkeypatch, seed, tilt):
     np.testing.assert_array_equal(fitted, cpu.fitted)
     np.testing.assert_allclose(planes, cpu.planes, atol=1e-9)
     np.testing.assert_array_equal(mask, cpu.mask)
+
+
+def test_a_raised_surface_filling_a_patch_is_not_ground():
+    """A flat surface 0.8 m above the road filling a whole patch (a car roof or a truck bed next to the sensor,
+    the road under it unseen) is not ground: the patch's reference may follow the terrain by at most
+    max_patch_step (0.3 m) and its hypotheses stay within patch_band (0.3 m) of it. With the earlier 2.0 m /
+    0.5 m the patch plane jumped onto the surface."""
+    rng = np.random.default_rng(4)
+    r = 40 * np.sqrt(rng.uniform(0.01, 1, 20000))
+    phi = rng.uniform(-np.pi, np.pi, len(r))
+    cfg = GroundConfig()
+    sector = 2 * np.pi / cfg.n_sectors
+    in_patch = (r >= cfg.ring_edges[0]) & (r < cfg.ring_edges[1]) & (phi >= -np.pi + 3 * sector) \
+        & (phi < -np.pi + 4 * sector)
+    z = -1.8 + np.where(in_patch, 0.8, 0.0) + rng.normal(0, 0.02, len(r))
+    xyz = np.stack([r * np.cos(phi), r * np.sin(phi), z], 1).astype(np.float32)
+    res = fit_ground(xyz, cfg)
+    assert res.mask[~in_patch].mean() > 0.99
+    assert res.mask[in_patch].mean() < 0.01
+    old = fit_ground(xyz, GroundConfig(patch_band=0.5, max_patch_step=2.0))
+    assert old.mask[in_patch].mean() > 0.9

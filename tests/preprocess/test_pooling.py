@@ -12,6 +12,8 @@ from preprocess.ground import GroundConfig, GroundResult, fit_ground
 from preprocess.pooling import REASONS, PoolingConfig, min_area_rect, pool_regions
 
 SENSOR = 1.84
+#: The prototype's thresholds (the defaults before issue 13): every filter active, so that each can be tripped.
+PROTO = PoolingConfig(max_height=4.84, max_area=20.0, min_area=0.25, min_side_ratio=0.1)
 
 
 def _box(rng, center, size, n=200, yaw=0.0, z0=None):
@@ -68,7 +70,7 @@ def _reference(xyz, height, labels, cfg):
             out[c] = "too_low"
         elif top > cfg.max_height:
             out[c] = "too_high"
-        elif area > cfg.max_area:
+        elif area > cfg.max_area or max(w, h) > cfg.max_length:
             out[c] = "too_large"
         elif area < cfg.min_area:
             out[c] = "too_small"
@@ -89,7 +91,7 @@ def test_config_validation_names_the_field(field, value):
 
 def test_each_filter_drops_its_cluster():
     xyz, gmask, labels, names = _scene()
-    res = pool_regions(xyz, gmask, labels)
+    res = pool_regions(xyz, gmask, labels, PROTO)
     reasons = ["kept" if r == 0 else REASONS[r - 1] for r in res.cluster_reason]
     assert reasons == names
     assert res.dropped.total == 6 and all(getattr(res.dropped, n) == 1 for n in REASONS)
@@ -111,19 +113,19 @@ def test_each_filter_drops_its_cluster():
     np.testing.assert_allclose(s.area, s.box_size[:, 0] * s.box_size[:, 1])
 
 
+@pytest.mark.parametrize("cfg", [PoolingConfig(), PROTO], ids=["defaults", "proto"])
 @pytest.mark.parametrize("seed", range(4))
-def test_matches_slow_reference_on_random_clusters(seed):
+def test_matches_slow_reference_on_random_clusters(seed, cfg):
     rng = np.random.default_rng(seed)
     pts, labels = [], []
     for k in range(40):
-        size = rng.uniform([0.1, 0.05, 0.05], [8, 4, 5])
+        size = rng.uniform([0.1, 0.05, 0.05], [8, 4, 5]) * (5 if k % 8 == 0 else 1)  # some beyond max_length
         b = _box(rng, rng.uniform(-30, 30, 2), size, n=int(rng.integers(5, 150)), yaw=rng.uniform(-3, 3),
                  z0=rng.uniform(-0.3, 0.3))
         pts.append(b)
         labels.append(np.full(len(b), k))
     xyz = np.concatenate(pts).astype(np.float32)
     labels = np.concatenate(labels).astype(np.int32)
-    cfg = PoolingConfig()
     res = pool_regions(xyz, np.zeros(len(xyz), bool), labels, cfg)
     ref = _reference(xyz, xyz[:, 2].astype(np.float64) + cfg.sensor_height, labels, cfg)
     got = {c: ("kept" if r == 0 else REASONS[r - 1]) for c, r in enumerate(res.cluster_reason)}
@@ -132,7 +134,7 @@ def test_matches_slow_reference_on_random_clusters(seed):
         _, size, _ = min_area_rect(xyz[labels == c, :2])
         area, ratio = size[0] * size[1], (size[1] / size[0] if size[0] else 0)
         near = any(abs(area - t) < 1e-3 * t for t in (cfg.max_area, cfg.min_area)) or \
-            abs(ratio - cfg.min_side_ratio) < 1e-3
+            abs(ratio - cfg.min_side_ratio) < 1e-3 or abs(size[0] - cfg.max_length) < 1e-3 * cfg.max_length
         if not near:
             assert got[c] == want, (c, got[c], want)
     kept = [c for c, r in enumerate(res.cluster_reason) if r == 0]
@@ -246,7 +248,7 @@ def test_cluster_whose_points_are_all_excluded():
     bad[np.flatnonzero(gmask)[10:12]] = np.nan
     gm = gmask.copy()
     gm[np.flatnonzero(gmask)[10:12]] = False
-    res = pool_regions(bad, gm, lab)
+    res = pool_regions(bad, gm, lab, PROTO)
     assert res.cluster_region[8] == -1 and res.cluster_region[9] == -1
     assert res.cluster_reason[8] == 0 and res.cluster_reason[9] == 0
     assert res.n_regions == 2 and res.dropped.total == 6
@@ -258,7 +260,7 @@ def test_area_bounds_decide_as_the_rectangle_would(seed):
     skip the hull: the reason must be the one the minimum-area rectangle gives, for footprints around both
     thresholds, rotated and elongated."""
     rng = np.random.default_rng(100 + seed)
-    cfg = PoolingConfig()
+    cfg = PROTO
     pts, labels, areas = [], [], []
     for k in range(60):
         target = cfg.max_area if k % 2 else cfg.min_area
@@ -283,3 +285,52 @@ def test_area_bounds_decide_as_the_rectangle_would(seed):
         else:
             assert got in ("kept", "too_thin"), (k, area, got)
     assert {"too_large", "too_small"} <= {REASONS[r - 1] for r in res.cluster_reason if r}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_length_bound_decides_as_the_rectangle_would(seed):
+    """Thin clusters around max_length, rotated: too_large exactly when the rectangle's long side is above it,
+    whether the axis-aligned bound skipped the hull or not (defaults: no area, ratio or size floor)."""
+    rng = np.random.default_rng(200 + seed)
+    cfg = PoolingConfig()
+    pts, labels, longs = [], [], []
+    for k in range(40):
+        size = (cfg.max_length * rng.uniform(0.7, 1.5), rng.uniform(0.05, 0.5), 1.0)
+        center = rng.uniform(25, 60, 2) * rng.choice([-1, 1], 2)
+        b = _box(rng, center, size, n=int(rng.integers(6, 200)), yaw=rng.uniform(-3, 3), z0=0.0)
+        pts.append(b)
+        labels.append(np.full(len(b), k))
+        longs.append(min_area_rect(b[:, :2])[1][0])
+    xyz = np.concatenate(pts).astype(np.float64)
+    res = pool_regions(xyz, np.zeros(len(xyz), bool), np.concatenate(labels).astype(np.int32), cfg)
+    got = ["kept" if r == 0 else REASONS[r - 1] for r in res.cluster_reason]
+    assert got == ["too_large" if ln > cfg.max_length else "kept" for ln in longs]
+    assert {"too_large", "kept"} == set(got)
+
+
+def test_defaults_keep_what_road_objects_look_like():
+    """The defaults keep a pedestrian, a traffic cone, a bus seen from one side (a thin 12 m strip), a 4.5 m
+    high truck and a crane's 7 m boom -- all dropped by the prototype's thresholds -- and still drop a 30 m wall,
+    a 70 m^2 building footprint and a 12 m tree."""
+    rng = np.random.default_rng(3)
+    specs = [  # (center, size l, w, h, keep)
+        ((8, 3), (0.5, 0.4, 1.75), True),  # pedestrian: 0.2 m^2 < 0.25
+        ((6, -4), (0.3, 0.3, 0.7), True),  # traffic cone
+        ((-15, 6), (12.0, 0.15, 3.2), True),  # bus side: 1.8 m^2, side ratio 0.0125 < 0.1
+        ((20, -8), (8.0, 2.5, 4.5), True),  # truck, 4.5 m high: kept by both
+        ((-25, -12), (6.0, 2.8, 7.0), True),  # construction vehicle with a raised boom: above 4.84 m
+        ((30, 20), (30.0, 0.3, 2.0), False),  # wall: longer than 20 m
+        ((-30, 25), (10.0, 7.0, 3.0), False),  # building: 70 m^2
+        ((12, 30), (3.0, 3.0, 12.0), False),  # tree: higher than 8 m
+    ]
+    pts, labels = [], []
+    for k, (c, size, _) in enumerate(specs):
+        b = _box(rng, c, size, n=300)
+        pts.append(b)
+        labels.append(np.full(len(b), k))
+    xyz = np.concatenate(pts)
+    labels = np.concatenate(labels).astype(np.int32)
+    new = pool_regions(xyz, np.zeros(len(xyz), bool), labels)
+    assert [r == 0 for r in new.cluster_reason] == [keep for *_, keep in specs]
+    old = pool_regions(xyz, np.zeros(len(xyz), bool), labels, PROTO)
+    assert [r == 0 for r in old.cluster_reason[:5]] == [False, False, False, True, False]

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from data_catalog.reader import open_version
 from data_catalog.verify import verify_version
 from preprocess.run import plan_scenes, run
 from preprocess.sweep import SweepConfig, process_sweep
-from shared.errors import InputError
+from shared.errors import ConfigError, InputError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,15 +75,22 @@ def test_store_holds_what_process_sweep_computes(tiny_synth, tiny_store):
     assert (v.path / "scenes.parquet").is_file() and len(list((v.path / "runs").glob("*.json"))) == 1
 
 
-def test_rerun_reuses_the_version_without_recomputation(tiny_synth, tiny_store):
+def test_rerun_reuses_the_version_without_recomputation(tiny_synth, tiny_store, tmp_path):
+    """A rerun computes nothing and keeps the shards as they were; it adds its own run record (the session
+    store is read-only: the rerun goes to a copy of it)."""
     root, version = tiny_synth
-    store, first = tiny_store
-    shards = sorted((Path(first.path) / "shards").iterdir())
+    session_store, first = tiny_store
+    store = tmp_path / "store"
+    shutil.copytree(session_store, store)
+    vdir = st.version_dir(store, first.version)
+    shards = sorted((vdir / "shards").iterdir())
     before = {p.name: (p / "manifest.json").stat().st_mtime_ns for p in shards}
+    records = st.run_records(vdir)
     again = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None)
     assert again.version == first.version and not again.created_version
     assert again.scenes_skipped == 2 and again.scenes_done == 0 and again.sweeps_done == 0
     assert {p.name: (p / "manifest.json").stat().st_mtime_ns for p in shards} == before
+    assert len(records) == 1 and st.run_records(vdir)[0] == records[0] and len(st.run_records(vdir)) == 2
 
 
 def test_one_changed_parameter_makes_a_new_version(tiny_synth, tmp_path):
@@ -104,7 +110,9 @@ def test_one_changed_parameter_makes_a_new_version(tiny_synth, tmp_path):
 
 
 def test_bad_inputs_go_to_the_errors_table_and_the_rest_goes_on(tiny_synth, tmp_path):
-    from shared.nuscenes_io import iter_lidar_sweeps, iter_scenes, open_nuscenes
+    """A truncated point file fails its sweep (an error row); a missing camera image does not: the sweep is
+    kept without that camera (a warning row); NaN points are masked, not an error."""
+    from shared.nuscenes_io import iter_lidar_sweeps, iter_scenes, load_sweep_points, open_nuscenes
 
     root, version = _copy(tiny_synth, tmp_path)
     nusc = open_nuscenes(root, version)
@@ -116,20 +124,32 @@ def test_bad_inputs_go_to_the_errors_table_and_the_rest_goes_on(tiny_synth, tmp_
     pts = np.fromfile(k0[1].path, "<f4").reshape(-1, 5)
     pts[:10, :3] = np.nan  # NaN points: masked, not an error
     pts.tofile(k0[1].path)
-    missing_image = k1[2].cameras[3].image_path
-    missing_image.unlink()
+    gone = k1[2].cameras[3]
+    gone.image_path.unlink()
     summary = run(root, version, tmp_path / "store", sweeps="keyframes", workers=0,
                   progress=False, log=None)
-    assert summary.scenes_done == 2 and summary.sweeps_done == 4 and summary.failed_sweeps == 2
-    assert summary.exit_code == 1
+    assert summary.scenes_done == 2 and summary.sweeps_done == 5 and summary.failed_sweeps == 1
+    assert summary.warnings == 1 and summary.exit_code == 1
     v = open_version(tmp_path / "store")
     errors = {r["token"]: r for r in v.errors_table().to_pylist()}
     assert set(errors) == {k0[0].token, k1[2].token}
     e0 = errors[k0[0].token]
-    assert e0["stage"] == "load" and "truncated" in e0["reason"]
+    assert e0["stage"] == "load" and "truncated" in e0["reason"] and e0["level"] == "error"
     assert e0["file"] == k0[0].path.relative_to(root).as_posix()
     e1 = errors[k1[2].token]
-    assert "image" in e1["reason"] and e1["file"] == missing_image.relative_to(root).as_posix()
+    assert e1["level"] == "warning" and gone.channel in e1["reason"]
+    assert e1["file"] == gone.image_path.relative_to(root).as_posix()
+    # the sweep without the image is in the store: projected into the five other cameras, the sixth absent
+    kept = v.scene(s1["name"])
+    assert kept.tokens == [k.token for k in k1]
+    sw = kept.sweep(2)
+    c = kept.channels.index(gone.channel)
+    assert np.isnan(sw.raw["cam_lidar2cam"][c]).all() and sw.raw["cam_size"][c].tolist() == [0, 0]
+    others = [cam for cam in k1[2].cameras if cam.channel != gone.channel]
+    ref = process_sweep(load_sweep_points(k1[2]), others, SweepConfig(), backend="cpu", seed=0, token=k1[2].token)
+    np.testing.assert_array_equal(sw.proj_point, ref.projection.point)
+    assert c not in set(sw.proj_cam.tolist()) and len(set(sw.proj_cam.tolist())) > 1
+    np.testing.assert_array_equal(sw.ground, ref.ground)
     shard = v.scene(s0["name"])
     assert shard.tokens == [k0[1].token, k0[2].token]
     nan_sweep = shard.sweep(0)
@@ -141,6 +161,144 @@ def test_bad_inputs_go_to_the_errors_table_and_the_rest_goes_on(tiny_synth, tmp_
     import pyarrow.parquet as pq
 
     assert pq.read_table(v.path / "errors.parquet").num_rows == 2
+
+
+def _files(shard: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, mtime_ns, size) of every file of a folder, by relative path."""
+    return {p.relative_to(shard).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(shard.rglob("*")) if p.is_file()}
+
+
+def _error_rows(output: str) -> list[list[str]]:
+    """The rows printed by ``calico catalog errors`` (tab-separated, after the header)."""
+    lines = output.strip().splitlines()
+    return [line.split("\t") for line in lines[2:]] if len(lines) > 1 else []
+
+
+def test_failures_stay_visible_until_retried_after_repair(tiny_synth, tiny_store, tmp_path):
+    """A dataroot with a truncated point file and a deleted camera image (both in scene-0061): the first run
+    exits 1 (1 failed sweep, 1 warning); the identical rerun computes nothing and still exits 1 with the same
+    counts; ``catalog errors`` lists both rows. After the files are repaired, ``--retry-failed`` makes the version
+    of the repaired inputs (a new id: the input manifest changed): scene-0061 is computed, scene-0103 (same
+    inputs, no failed sweep) is hard-linked from the first version; it exits 0 with no errors, equals a clean
+    run shard for shard, and the first version is left as it was (docs/store.md shows this session)."""
+    from typer.testing import CliRunner
+
+    from calico.cli import app
+    from shared.nuscenes_io import iter_lidar_sweeps, open_nuscenes
+
+    root, version = _copy(tiny_synth, tmp_path)
+    k = list(iter_lidar_sweeps(open_nuscenes(root, version), "scene-0061", keyframes_only=True))
+    point_file, image = k[0].path, k[1].cameras[2].image_path
+    saved = {point_file: point_file.read_bytes(), image: image.read_bytes()}
+    point_file.write_bytes(saved[point_file][:-7])
+    image.unlink()
+    store = tmp_path / "store"
+    runner = CliRunner()
+    args = ["preprocess", "run", "--store", str(store), "--dataroot", str(root), "--version", version,
+            "--workers", "0", "--no-progress"]
+
+    def errors(vid):
+        r = runner.invoke(app, ["catalog", "errors", "--store", str(store), "--version", vid])
+        assert r.exit_code == 0, r.output
+        return r.stdout, _error_rows(r.stdout)
+
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1, first.output
+    v1 = first.stdout.split()[1].rstrip(":")
+    assert "2 scene(s) written" in first.stdout and "5 sweep(s) done" in first.stdout
+    assert "hold 1 failed sweep(s) and 1 warning(s)" in first.stdout and "--retry-failed" in first.stdout
+    out, rows = errors(v1)
+    assert out.startswith(f"version {v1}: 1 failed sweep(s), 1 warning(s) in 1 scene(s)")
+    rel = {p: p.relative_to(root).as_posix() for p in saved}
+    assert sorted((r[0], r[1], r[2], r[3], r[4]) for r in rows) == [
+        ("error", "scene-0061", k[0].token, "load", rel[point_file]),
+        ("warning", "scene-0061", k[1].token, "load", rel[image])]
+    assert "truncated" in rows[[r[0] for r in rows].index("error")][5]
+    assert _error_rows(runner.invoke(app, ["catalog", "errors", "--store", str(store), "--version", v1,
+                                           "--level", "warning"]).stdout) == [r for r in rows if r[0] == "warning"]
+    bad = runner.invoke(app, ["catalog", "errors", "--store", str(store), "--level", "fatal"])
+    assert isinstance(bad.exception, ConfigError) and "--level" in str(bad.exception)
+
+    again = runner.invoke(app, args)  # the identical rerun: nothing computed, the failures still counted
+    assert again.exit_code == 1, again.output
+    assert again.stdout.startswith(f"version {v1}: 0 scene(s) written, 2 skipped")
+    assert "hold 1 failed sweep(s) and 1 warning(s)" in again.stdout
+    assert errors(v1)[1] == rows
+
+    for path, data in saved.items():  # repair the inputs
+        path.write_bytes(data)
+    before = _files(st.version_dir(store, v1))
+    retry = runner.invoke(app, args + ["--retry-failed"])
+    assert retry.exit_code == 0, retry.output
+    v2 = retry.stdout.split()[1].rstrip(":")
+    assert v2 != v1 and v2 == tiny_store[1].version  # the repaired dataroot is the clean one: its version id
+    assert retry.stdout.startswith(f"version {v2}: 1 scene(s) written, 0 skipped")
+    assert f"reused from version {v1} (same inputs, no failed sweep): scene-0103" in retry.stdout
+    assert "hold 0 failed sweep(s) and 0 warning(s)" in retry.stdout
+    assert errors(v2)[0].startswith(f"version {v2}: 0 failed sweep(s), 0 warning(s)") and errors(v2)[1] == []
+    assert _files(st.version_dir(store, v1)) == before  # the first version is untouched
+    assert errors(v1)[1] == rows
+    a, b = (st.version_dir(store, v) / "shards" / "scene-0103" for v in (v1, v2))
+    assert _files(a) == _files(b)  # the same files (hard links): same inodes, times and sizes
+    clean = Path(tiny_store[1].path)
+    for scene in ("scene-0061", "scene-0103"):
+        assert st.read_manifest(st.version_dir(store, v2) / "shards" / scene)["content_sha256"] == \
+               st.read_manifest(clean / "shards" / scene)["content_sha256"]
+    assert verify_version(st.version_dir(store, v2)).ok
+
+
+def test_a_missing_image_alone_is_a_warning_and_exits_0(tiny_synth, tmp_path):
+    from typer.testing import CliRunner
+
+    from calico.cli import app
+    from shared.nuscenes_io import iter_lidar_sweeps, open_nuscenes
+
+    root, version = _copy(tiny_synth, tmp_path)
+    k = list(iter_lidar_sweeps(open_nuscenes(root, version), "scene-0103", keyframes_only=True))
+    k[0].cameras[0].image_path.unlink()
+    r = CliRunner().invoke(app, ["preprocess", "run", "--store", str(tmp_path / "store"), "--dataroot", str(root),
+                                 "--version", version, "--workers", "0", "--no-progress", "--scenes", "scene-0103"])
+    assert r.exit_code == 0, r.output
+    assert "3 sweep(s) done" in r.stdout and "hold 0 failed sweep(s) and 1 warning(s): calico catalog errors" in r.stdout
+    assert "--retry-failed" not in r.stdout
+
+
+def test_retry_failed_replaces_only_the_failed_scene_in_place(tiny_synth, tiny_store, tmp_path, monkeypatch):
+    """A sweep that failed although its inputs are fine (an unreadable moment of a network filesystem): the
+    version id is unchanged, so --retry-failed recomputes that scene in place: its new shard is swapped in for
+    the old one, the other scene's files are not touched, and the store equals a clean run."""
+    import shared.nuscenes_io as nio
+
+    root, version = tiny_synth
+    store = tmp_path / "store"
+    real = nio.load_sweep_points
+    bad = plan_scenes(nio.open_nuscenes(root, version), "keyframes", ["scene-0103"])[0].sweeps[1].token
+
+    def flaky(info):
+        if info.token == bad:
+            raise InputError("point file unreadable (I/O error)", info.path)
+        return real(info)
+
+    monkeypatch.setattr(nio, "load_sweep_points", flaky)
+    first = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None)
+    assert first.failed_sweeps == 1 and first.exit_code == 1 and first.sweeps_done == 5
+    monkeypatch.undo()
+    plain = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None)
+    assert plain.scenes_skipped == 2 and plain.failed_sweeps == 1 and plain.exit_code == 1  # not forgotten
+    vdir = Path(first.path)
+    other = _files(vdir / "shards" / "scene-0061")
+    retry = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None, retry_failed=True)
+    assert retry.version == first.version and retry.retried_scenes == ["scene-0103"]
+    assert retry.scenes_done == 1 and retry.scenes_skipped == 1 and retry.sweeps_done == 3
+    assert retry.failed_sweeps == 0 and retry.exit_code == 0
+    assert _files(vdir / "shards" / "scene-0061") == other
+    clean = Path(tiny_store[1].path)
+    assert st.read_manifest(vdir / "shards" / "scene-0103")["content_sha256"] == \
+           st.read_manifest(clean / "shards" / "scene-0103")["content_sha256"]
+    assert st.tmp_dirs(vdir) == [] and verify_version(vdir).ok
+    assert open_version(store).errors_table().num_rows == 0
+    assert len(st.run_records(vdir)) == 3  # every run's record is kept
 
 
 def test_a_sweep_without_calibration_is_recorded_by_the_driver(tiny_synth, monkeypatch):
@@ -269,7 +427,6 @@ def test_cli_with_two_worker_processes_then_verify_and_catalog(tiny_synth, tmp_p
     from typer.testing import CliRunner
 
     from calico.cli import app
-    from shared.errors import ConfigError
 
     root, version = tiny_synth
     store = tmp_path / "store"
@@ -320,35 +477,72 @@ def test_cli_with_two_worker_processes_then_verify_and_catalog(tiny_synth, tmp_p
     assert r.exit_code == 1 and "corrupt: scene-0103: xyz/" in r.stdout and "checksum" in r.stdout
 
 
+#: A run (one Dask worker process) that dies at a chosen point: inside the commit of scene-0103's shard, with
+#: every file of the shard written into its temporary folder but the manifest, the worker SIGKILLs the driver
+#: (the whole run dies) and waits; it must die with its parent. The scene task is sent to the worker by value
+#: (defined here, in ``__main__``), so the hook is installed in the worker process.
+KILLED_DURING_COMMIT = """if True:
+    import os, signal, sys, time
+    from pathlib import Path
+    from preprocess import run as run_mod
+
+    DRIVER, PIDFILE = os.getpid(), sys.argv[4]
+
+    def scene_task(*args, **kwargs):
+        from data_catalog import store as st
+        from preprocess import run as real
+
+        if not getattr(st, "kill_hook_installed", False):
+            write = st._write_file
+
+            def dying_write(path, data):
+                if path.name == st.MANIFEST and path.parent.name.startswith(".tmp-scene-0103-"):
+                    Path(PIDFILE).write_text(str(os.getpid()))
+                    os.kill(DRIVER, signal.SIGKILL)
+                    time.sleep(120)
+                return write(path, data)
+
+            st._write_file, st.kill_hook_installed = dying_write, True
+        return real.process_scene(*args, **kwargs)
+
+    run_mod.process_scene = scene_task
+    run_mod.run(sys.argv[1], sys.argv[2], sys.argv[3], sweeps="all", workers=1, progress=False, log=None)
+"""
+
+
 @pytest.mark.slow
-def test_sigkill_midway_then_rerun_gives_the_clean_store(tiny_synth, tmp_path):
-    root, version = tiny_synth
-    clean = run(root, version, tmp_path / "clean", sweeps="all", workers=0, progress=False,
-                log=None)
-    store = tmp_path / "killed"
-    vdir = Path(clean.path.replace(str(tmp_path / "clean"), str(store)))
-    proc = subprocess.Popen([sys.executable, "-m", "calico", "preprocess", "run", "--store", str(store),
-                             "--dataroot", str(root), "--version", version, "--sweeps", "all", "--workers", "1",
-                             "--no-progress"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "killed.log", "w"))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:  # kill once a shard is being written or done
-        if any(p.name.startswith((".tmp-", "scene-")) for p in store.glob("versions/*/shards/*")):
-            break
-        time.sleep(0.005)
+def test_sigkill_during_a_shard_commit_then_rerun_gives_the_clean_store(tiny_synth, tmp_path):
+    """The run is killed at a chosen point (KILLED_DURING_COMMIT): the state it interrupted is checked (scene-0103
+    half written in its temporary folder, not committed; the worker gone with its parent), then the rerun
+    removes the leftover and gives shards whose files equal a clean run's."""
     import psutil
 
-    assert proc.poll() is None, "the run ended before it could be killed: " + (tmp_path / "killed.log").read_text()
-    children = psutil.Process(proc.pid).children(recursive=True)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    # the Dask worker process dies with its parent (it may still commit a shard, atomically, on its way)
-    gone, alive = psutil.wait_procs(children, timeout=30)
-    assert not alive
-    assert len(st.committed_scenes(vdir)) < 2
-    again = run(root, version, store, sweeps="all", workers=0, progress=False, log=None)
+    root, version = tiny_synth
+    clean = run(root, version, tmp_path / "clean", sweeps="all", workers=0, progress=False, log=None)
+    store = tmp_path / "killed"
+    vdir = st.version_dir(store, clean.version)
+    pidfile = tmp_path / "worker.pid"
+    log = tmp_path / "killed.log"
+    with open(log, "w") as err:
+        proc = subprocess.run([sys.executable, "-c", KILLED_DURING_COMMIT, str(root), version, str(store),
+                               str(pidfile)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, log.read_text()
+    worker = int(pidfile.read_text())
+    try:
+        psutil.Process(worker).wait(timeout=30)  # the worker dies with its parent, before the manifest
+    except psutil.NoSuchProcess:
+        pass
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+    [tmp] = st.tmp_dirs(vdir)  # the interrupted state: scene-0103 written but for its manifest
+    assert tmp.name.startswith(".tmp-scene-0103-") and f"-{worker}-" in tmp.name
+    assert (tmp / st.ERRORS_TABLE).is_file() and (tmp / "zarr.json").is_file()
+    assert not (tmp / st.MANIFEST).exists()
+    assert "scene-0103" not in st.committed_scenes(vdir)
+    lines = []
+    again = run(root, version, store, sweeps="all", workers=0, progress=False, log=lines.append)
     assert again.version == clean.version and again.scenes_done + again.scenes_skipped == 2
+    assert "scene-0103" in [t["scene"] for t in again.tasks]  # computed again, from the start
+    assert "removed 1 leftover temporary shard(s) of dead writers" in lines
     assert st.tmp_dirs(vdir) == []  # the dead writer's temporary shard was removed
     for scene in ("scene-0061", "scene-0103"):
         a = st.read_manifest(Path(clean.path) / "shards" / scene)
@@ -387,10 +581,11 @@ def test_scene_plans_round_trip_through_pickle(tiny_synth):
     root, version = tiny_synth
     plan = plan_scenes(open_nuscenes(root, version), "all", None)[0]
     mixed = ScenePlan("s", (SweepPlan("bad", None, ("f.bin", "load", "truncated")), *plan.sweeps[:3],
-                            SweepPlan("none", None, None)))
+                            SweepPlan("none", None, None)), replace=True)
     for p in (plan, mixed, ScenePlan("empty", ())):
         q = pickle.loads(pickle.dumps(p))
         assert q.scene == p.scene and [s.token for s in q.sweeps] == [s.token for s in p.sweeps]
+        assert q.replace == p.replace
         assert [s.error for s in q.sweeps] == [s.error for s in p.sweeps]
         for a, b in zip(p.sweeps, q.sweeps):
             assert (a.info is None) == (b.info is None)

@@ -2,13 +2,13 @@
 store-version check on resume, NaN guard, configuration errors, the CLI."""
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from shared.errors import ConfigError, InputError
-from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from tests.train.conftest import assert_same_run, assert_same_state, prc_without_batchnorm
+from train.checkpoint import checkpoint_steps, latest_checkpoint, load_checkpoint, save_checkpoint
 from train.config import DataConfig, OptimConfig, TrainConfig, small, with_overrides
 from train.loop import TrainingDiverged, pretrain_prc, read_metrics
 
@@ -71,52 +72,45 @@ def test_loop_writes_metrics_checkpoints_and_plot(train_store, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text()) == cfg.to_dict()
 
 
+#: A PRC run that SIGKILLs itself during its KILL_AT-th forward call (step KILL_AT under way).
 _CHILD = """
-import sys, torch
+import os, signal, sys, torch
 torch.set_num_threads(1)
+import train.tasks.prc as prc
 from train.config import small, with_overrides
 from train.loop import pretrain_prc
-cfg = with_overrides(small(sys.argv[1], sys.argv[2]), sys.argv[4:])
+kill_at, forward, calls = int(sys.argv[4]), prc.PRCModel.forward, [0]
+def dying(self, batch):
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return forward(self, batch)
+prc.PRCModel.forward = dying
+cfg = with_overrides(small(sys.argv[1], sys.argv[2]), sys.argv[5:])
 pretrain_prc(cfg, sys.argv[3])
 """
 
 
-@pytest.fixture
-def one_thread():
-    """CPU results depend on the thread count (reduction order): pin it to 1 here and in the child."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_sigkilled_then_resumed_gives_the_uninterrupted_losses(train_store, tmp_path, one_thread):
+def test_sigkilled_then_resumed_gives_the_uninterrupted_run(train_store, tmp_path, one_thread):
+    """Killed (SIGKILL, no chance to checkpoint) during step 5 with checkpoints every 2 steps: step 4's checkpoint
+    and metrics lines 1-4 are there; the resumed run's losses, final weights, optimizer and scheduler state equal
+    an uninterrupted run's."""
     sets = ["optim.max_steps=8", "ckpt_every=2", "deterministic=True"]
     cfg = _cfg(train_store, *sets)
     straight = tmp_path / "straight"
     pretrain_prc(cfg, straight)
-    ref = read_metrics(straight / "metrics.jsonl")
 
     killed = tmp_path / "killed"
     store, vid = train_store
     base = ["data.n_rich=64", "data.n_less=64", "optim.warmup_steps=2"]
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(store), vid, str(killed), *base, *sets],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while latest_checkpoint(killed) is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    at_kill = load_checkpoint(latest_checkpoint(killed))["step"]
-    assert at_kill < 8
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(store), vid, str(killed), "5", *base, *sets],
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
+    assert sorted(checkpoint_steps(killed)) == [2, 4]  # the state meant: mid-step 5, step 4 checkpointed
+    assert [r["step"] for r in read_metrics(killed / "metrics.jsonl")] == [1, 2, 3, 4]
 
     pretrain_prc(cfg, killed)  # resumes from the latest checkpoint
-    got = read_metrics(killed / "metrics.jsonl")
-    assert [r["step"] for r in got] == [r["step"] for r in ref] == list(range(1, 9))
-    for a, b in zip(got, ref):
-        for k in ("loss", "plrc", "rapc", "lr", "grad_norm"):
-            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-7), (a["step"], k, at_kill)
+    assert_same_run(killed, straight, 8)
 
 
 def test_resume_refuses_another_store_version(train_store, tmp_path):
@@ -180,31 +174,105 @@ def test_cli_pretrain_prc(train_store, tmp_path):
     assert res.exit_code != 0 and "--preset" in str(res.exception)
 
 
+#: A torchrun child: PRC without BatchNorm (tests/train/conftest.py) on the store, 1 scan per rank, global-batch
+#: split; rank 1 sends itself SIGINT during step STOP_AT, so every rank must stop after that step. Each rank saves
+#: {step, exit_status, model state_dict} to OUT/rank<r>.pt. With NO_ALLREDUCE=1 the model is not wrapped in
+#: DistributedDataParallel (the control: no gradient all-reduce, each rank trains on its own scans).
+_DDP_CHILD = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+if os.environ.get("NO_ALLREDUCE") == "1":
+    torch.nn.parallel.DistributedDataParallel = lambda module, *a, **k: module
+from tests.train.conftest import prc_without_batchnorm
+from train.config import small, with_overrides
+from train.interrupt import TrainingInterrupted
+from train.loop import pretrain_prc
+
+rank, stop_at, out = int(os.environ["RANK"]), int(sys.argv[4]), sys.argv[5]
+cfg = with_overrides(small(sys.argv[2], sys.argv[3]), sys.argv[6:])
+models = []
+
+def build(c):
+    model = prc_without_batchnorm(c)
+    forward, calls = model.forward, [0]
+    def signalling(batch):
+        calls[0] += 1
+        if rank == 1 and calls[0] == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(batch)
+    model.forward = signalling
+    models.append(model)
+    return model
+
+try:
+    pretrain_prc(cfg, out, model_fn=build)
+    step, status = None, 0
+except TrainingInterrupted as exc:
+    step, status = exc.step, exc.exit_status
+torch.save({"step": step, "exit_status": status, "model": models[0].state_dict()}, f"{out}/rank{rank}.pt")
+"""
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one_process_on_the_same_global_batch(train_store, tmp_path):
-    """DDP (gloo, 2 processes x 1 scan) against 1 process x 2 scans, with ``data.global_batch`` so both see the
-    same scans at each step. Tolerance: 3 % relative on the per-step losses. The runs are not bit-equal because
-    BatchNorm normalises over each process's scans (SyncBatchNorm needs CUDA); measured on the tiny store:
-    0.3-1.1 % apart (the loss moves 5-10 % from step to step)."""
+def test_torchrun_ranks_stay_bit_equal_and_match_one_process_on_the_same_global_batch(train_store, tmp_path,
+                                                                                      one_thread):
+    """DDP (gloo, 2 processes x 1 scan) against 1 process x 2 scans (``data.global_batch``: the same scans at each
+    step), on PRC without BatchNorm (:func:`prc_without_batchnorm`: BatchNorm normalises per process and each rank
+    moves its running statistics with its own scans, so neither a one-process equality nor bit-equal ranks' buffers
+    could hold with it). Rank 1 alone gets a SIGINT during step 2: both ranks stop after step 2. Then: the ranks'
+    weights are bit-equal, rank 0 checkpointed them, their change from the initial weights equals the one
+    process's within 1e-4 relative per tensor (float reduction order; a norm, as Adam's first steps move a weight
+    by ~lr whatever the size of its gradient, so an element whose gradient is ~0 may move either way), and a
+    control run without the gradient all-reduce fails the rank check and is far from the one process."""
     store, vid = train_store
-    sets = ["--store", str(store), "--version", vid, "--steps", "3", "--set", "data.n_rich=64",
-            "--set", "data.n_less=64", "--set", "data.global_batch=True", "--set", "deterministic=True",
-            "--set", "optim.warmup_steps=1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    one = [sys.executable, "-m", "calico", "train", "pretrain-prc", *sets, "--out", str(tmp_path / "one"),
-           "--batch-size", "2"]
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "calico", "train", "pretrain-prc", *sets, "--out", str(tmp_path / "two"), "--batch-size", "1"]
-    for cmd in (one, two):
-        res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    sets = ["data.n_rich=64", "data.n_less=64", "data.global_batch=True", "deterministic=True",
+            "optim.warmup_steps=1", "optim.max_steps=3", "ckpt_every=100"]
+    built = []
+
+    def build(c):
+        built.append(prc_without_batchnorm(c))
+        built.append(copy.deepcopy(built[0].state_dict()))  # the initial weights (the same on every rank)
+        return built[0]
+
+    pretrain_prc(with_overrides(small(str(store), vid), sets + ["data.batch_size=2"]), tmp_path / "one",
+                 stop_after=2, model_fn=build)
+    ref, init = built[0].state_dict(), built[1]
+
+    def change_error(model: dict) -> dict[str, float]:
+        """Per tensor: |change from init - the one process's change| / |the one process's change|."""
+        return {k: float((model[k] - init[k] - (v - init[k])).norm() / (v - init[k]).norm()) for k, v in ref.items()}
+
+    script = tmp_path / "ddp_child.py"
+    script.write_text(_DDP_CHILD)
+    ranks = {}
+    for name, no_allreduce in (("ddp", "0"), ("control", "1")):
+        out = tmp_path / name
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              str(script), str(REPO), str(store), vid, "2", str(out), *sets, "data.batch_size=1"],
+                             cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1", NO_ALLREDUCE=no_allreduce),
+                             capture_output=True, text=True, timeout=400, check=False)
         assert res.returncode == 0, res.stderr[-3000:]
-    a, b = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+        ranks[name] = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+        assert [(d["step"], d["exit_status"]) for d in ranks[name]] == [(2, 130), (2, 130)]  # the same stop step
+
+    r0, r1 = ranks["ddp"]
+    assert_same_state(r0["model"], r1["model"])  # bit-equal ranks
+    assert_same_state(load_checkpoint(tmp_path / "ddp" / "checkpoints" / "step-00000002.pt")["model"], r0["model"])
+    assert sorted(ref) == sorted(r0["model"])
+    assert max(change_error(r0["model"]).values()) < 1e-4  # measured <= 9e-6 (float reduction order, 2 steps)
+    a = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2]
     for ra, rb in zip(a, b):
-        for k in ("loss", "plrc", "rapc"):
-            assert rb[k] == pytest.approx(ra[k], rel=0.03), (ra["step"], k, ra[k], rb[k])
-    assert b[-1]["lr"] == a[-1]["lr"]
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-00000003.pt"]
+        for k in ("loss", "plrc", "rapc", "grad_norm"):
+            assert rb[k] == pytest.approx(ra[k], rel=1e-5), (ra["step"], k)
+
+    c0, c1 = ranks["control"]
+    with pytest.raises(AssertionError):  # without the all-reduce the ranks drift apart: the check catches it
+        assert_same_state(c0["model"], c1["model"])
+    assert min(change_error(c0["model"]).values()) > 1e-2  # measured >= 0.2: each rank learnt from its own scans
 
 
 def test_checkpoint_files_latest_atomic_and_truncated(tmp_path):

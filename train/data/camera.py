@@ -333,7 +333,7 @@ class CameraStream(StoreStream):
         if self.n_rich + self.n_less == 0:
             raise ConfigError("data.n_rich", n_rich, "n_rich + n_less must be > 0")
         self.point_range = check_range(point_range)
-        v = open_version(store, version)
+        v = open_version(store, version, verify_checksums=kw.get("verify_checksums", True))
         info = v.info
         ds = info.get("dataset", {})
         nus_version = ds.get("version") or v.spec.get("dataset_version")

@@ -70,6 +70,8 @@ class StoreStream(IterableDataset):
     rank, world_size: this process's share (default: from ``torch.distributed`` when initialised, else 0, 1).
     scenes: only these scenes (default: every committed scene). tokens: only sweeps with these tokens.
     shuffle_scenes: scenes whose sweeps are shuffled together inside a worker's part (bounds open shards).
+    verify_checksums: check each shard's files against the SHA-256 of its manifest when first opened in this
+        process (sizes are always checked; :func:`data_catalog.reader.check_shard`); ``data.verify_shards``.
     global_batch: when set (this process's batch size B), split so that step k of every rank together reads
         the same W*B sweeps as step k of one process with batch W*B: the epoch's order is cut into blocks of B,
         block q goes to rank q % W and, inside the rank, to worker (q // W) % num_workers (the DataLoader's
@@ -80,12 +82,13 @@ class StoreStream(IterableDataset):
     def __init__(self, store: str | Path, version: str | None = None, *, seed: int = 0, shuffle: bool = True,
                  shuffle_scenes: int = 4, rank: int | None = None, world_size: int | None = None,
                  scenes: list[str] | None = None, tokens: Iterable[str] | None = None,
-                 global_batch: int | None = None):
+                 global_batch: int | None = None, verify_checksums: bool = True):
         super().__init__()
         self.seed = check_int("data.seed", seed, 0)
         self.shuffle_scenes = check_int("data.shuffle_scenes", shuffle_scenes, 1)
         self.store = Path(store)
-        self._version = open_version(store, version)
+        self.verify_checksums = bool(verify_checksums)
+        self._version = open_version(store, version, verify_checksums=self.verify_checksums)
         #: The id of the store version this stream reads.
         self.store_version: str = self._version.id
         self.shuffle = bool(shuffle)
@@ -198,7 +201,7 @@ class StoreStream(IterableDataset):
         if scene in self._open:
             self._open.move_to_end(scene)
             return self._open[scene]
-        shard = Shard(self._version.scene(scene).path)
+        shard = Shard(self._version.scene(scene).path, self.verify_checksums)
         self._open[scene] = shard
         while len(self._open) > self.shuffle_scenes + 1:
             self._open.popitem(last=False)

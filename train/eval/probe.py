@@ -61,7 +61,8 @@ class ProbeConfig:
     """points_per_sweep: points sampled per sweep (fewer when the sweep has fewer usable points); seed: sampling
     and the random backbone's seed (None: the checkpoint's ``data.seed``); use_head: read features through the
     projection head (L2-normalised) instead of the BEV features; max_iter, C: the logistic regression's;
-    nn_exclude_m: ``region_nn_far`` ignores neighbours closer than this in xy (metres, >= 0)."""
+    nn_exclude_m: ``region_nn_far`` ignores neighbours closer than this in xy (metres, >= 0); verify_shards: check
+    the store's shards against their manifests' SHA-256 when opened (False: sizes only; ``--no-verify-shards``)."""
 
     points_per_sweep: int = 512
     seed: int = 0
@@ -69,6 +70,7 @@ class ProbeConfig:
     max_iter: int = 500
     C: float = 1.0
     nn_exclude_m: float = 2.0
+    verify_shards: bool = True
 
     def __post_init__(self):
         for name, lo in (("points_per_sweep", 2), ("seed", 0), ("max_iter", 1)):
@@ -358,7 +360,7 @@ def compare(checkpoint: str | Path, store: str | Path, version: str | None = Non
     "checkpoint", "checkpoint_step", "checkpoint_store_version", "use_head", "points_per_sweep"}; scores as
     :func:`scores` (keys :data:`SCORE_KEYS` plus counts and chance levels).
     """
-    sv = open_version(store, version)
+    sv = open_version(store, version, verify_checksums=cfg.verify_shards)
     pre, tcfg, state = load_model(checkpoint)
     rnd, _, _ = load_model(checkpoint, random_init=True)
     if nusc is None:
@@ -371,7 +373,8 @@ def compare(checkpoint: str | Path, store: str | Path, version: str | None = Non
         images = dataclasses.replace(tcfg.images, augment=False,
                                      dataroot=str(dataroot) if dataroot is not None else tcfg.images.dataroot)
         stream = CameraStream(store, sv.id, images=images, n_rich=1, n_less=1,
-                              point_range=tcfg.backbone.point_range, shuffle=False, nusc=nusc)
+                              point_range=tcfg.backbone.point_range, shuffle=False, nusc=nusc,
+                              verify_checksums=cfg.verify_shards)
         keyframes = {it.token for it in stream.items}
         sweeps = [s for s in sweeps if s.token in keyframes]
 

@@ -103,7 +103,8 @@ class PRCTask:
         d = self.cfg.data
         stream = PRCStream(d.store, d.version, n_rich=d.n_rich, n_less=d.n_less, seed=d.seed,
                            point_range=d.point_range, shuffle_scenes=d.shuffle_scenes, rank=rank, world_size=world,
-                           global_batch=d.batch_size if d.global_batch else None)
+                           global_batch=d.batch_size if d.global_batch else None,
+                           verify_checksums=d.verify_shards)
         return stream, collate_prc
 
     def build_model(self) -> nn.Module:

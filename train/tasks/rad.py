@@ -107,7 +107,8 @@ class RADTask:
         d = self.cfg.data
         stream = CameraStream(d.store, d.version, images=self.cfg.images, n_rich=d.n_rich, n_less=d.n_less,
                               point_range=d.point_range, seed=d.seed, shuffle_scenes=d.shuffle_scenes, rank=rank,
-                              world_size=world, global_batch=d.batch_size if d.global_batch else None)
+                              world_size=world, global_batch=d.batch_size if d.global_batch else None,
+                              verify_checksums=d.verify_shards)
         return stream, collate_rad
 
     def build_model(self) -> RADModel:
