@@ -177,7 +177,11 @@ def _train(task, out: Path, resume: bool, stop_after: int | None, allow_config_c
     # ---- resume
     step = epoch = batch_in_epoch = nan_skipped = 0
     progress = Progress(o.max_steps, cfg.log_every, enabled=master)
-    ckpt = latest_checkpoint(out) if resume else None
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None and not resume:
+        raise InputError(f"--no-resume, but this run folder holds checkpoints of an earlier run (latest {ckpt.name}); "
+                         f"starting over here would mix the two runs' checkpoints and metrics: use another --out, or "
+                         f"delete {out / 'checkpoints'} first", out)
     resumed_step = None
     if ckpt is not None:
         state = load_checkpoint(ckpt)

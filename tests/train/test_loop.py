@@ -123,6 +123,19 @@ def test_resume_refuses_another_store_version(train_store, tmp_path):
         pretrain_prc(_cfg(train_store, "optim.max_steps=4"), tmp_path, model_fn=lambda c: NanModel())
 
 
+def test_no_resume_into_a_folder_with_an_earlier_runs_checkpoints_is_refused(train_store, tmp_path):
+    cfg = _cfg(train_store, "optim.max_steps=2")
+    pretrain_prc(cfg, tmp_path, model_fn=lambda c: NanModel())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(InputError, match="--no-resume.*earlier run.*step-00000002"):
+        pretrain_prc(cfg, tmp_path, resume=False, model_fn=lambda c: NanModel())
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before  # nothing touched
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
+    fresh = tmp_path / "fresh"
+    assert pretrain_prc(cfg, fresh, resume=False, model_fn=lambda c: NanModel())["step"] == 2  # a new folder trains
+
+
 def test_nan_guard_skips_and_counts_then_stops(train_store, tmp_path):
     cfg = _cfg(train_store, "optim.max_steps=3", "max_nan=2")
     model = NanModel(nan_calls={2})
