@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from shared.paths import fixtures_dir  # noqa: E402
 from shared.region_quality import (DISTANCE_BANDS, MISS_KINDS, RecoveryRule, boxes_from_kitti,  # noqa: E402
-                                   boxes_from_nuscenes, evaluate_sweep, summarize)
+                                   evaluate_sweep, summarize)
 
 PIPELINES = ("calico", "prototype")
 RULES = {"default": RecoveryRule(), "margin 0": RecoveryRule(bottom_margin=0.0)}
@@ -43,18 +43,15 @@ RULES = {"default": RecoveryRule(), "margin 0": RecoveryRule(bottom_margin=0.0)}
 
 def calico_pipeline(overrides=()):
     from preprocess.pooling import REASONS
-    from preprocess.sweep import SweepConfig, process_sweep, warm_up
+    from preprocess.sweep import SweepConfig, warm_up
+    from preprocess.tune import run_pipeline
 
     cfg = SweepConfig.from_overrides(list(overrides))
     warm_up(cfg)
 
     def run(pts: np.ndarray):
-        res = process_sweep(pts, None, cfg)
-        reason = np.zeros(len(pts), dtype=np.int64)
-        if res.pooling is not None:
-            lab = res.labels
-            reason[lab >= 0] = res.pooling.cluster_reason[lab[lab >= 0]]
-        return res.region.astype(np.int64), res.ground, reason
+        out = run_pipeline(pts, cfg)
+        return out.region, out.ground, out.reason
 
     how = "process_sweep, default SweepConfig" + (f" with {' '.join(overrides)}" if overrides else "")
     return run, how, REASONS
@@ -110,16 +107,15 @@ def prototype_pipeline():
 
 
 def synth_sweeps(dataroot: Path, version: str, max_sweeps: int | None):
-    from shared.nuscenes_io import iter_lidar_tokens, iter_scenes, open_nuscenes
-    from shared.pointcloud import load_points
+    from preprocess.tune import keyframe_tokens, load_keyframes
+    from shared.nuscenes_io import open_nuscenes
 
     nusc = open_nuscenes(dataroot, version)
-    tokens = [t for sc in iter_scenes(nusc) for t in iter_lidar_tokens(nusc, sc)]
-    if max_sweeps and len(tokens) > max_sweeps:  # evenly over the scenes
-        tokens = [tokens[i] for i in np.linspace(0, len(tokens) - 1, max_sweeps).round().astype(int)]
-    for tok in tokens:
-        yield tok, load_points(Path(dataroot) / nusc.get("sample_data", tok)["filename"]), \
-            boxes_from_nuscenes(nusc, tok)
+    items = keyframe_tokens(nusc)
+    if max_sweeps and len(items) > max_sweeps:  # evenly over the scenes
+        items = [items[i] for i in np.linspace(0, len(items) - 1, max_sweeps).round().astype(int)]
+    for kf in load_keyframes(nusc, items, log=print)[0]:
+        yield kf.token, kf.points, kf.boxes
 
 
 def kitti_sweeps():

@@ -40,7 +40,8 @@ def main(argv=None) -> None:
 
     import preprocess.run as R
     import shared.malloc
-    from data_catalog import store as st
+    from data_catalog import writer as shard_writer
+    from data_catalog.writer import ShardWriter
     from shared.nuscenes_io import iter_scenes, open_nuscenes
 
     if args.numpy_hugepages:
@@ -49,9 +50,9 @@ def main(argv=None) -> None:
         R.LOCAL_WORKER_CONFIG = {}
     totals: dict[str, float] = defaultdict(float)
     for name in ("encode_group", "write_files"):
-        _common.add_timer(totals, st, name)
+        _common.add_timer(totals, shard_writer, name)
     for name in ("add", "commit", "_concat"):
-        _common.add_timer(totals, st.ShardWriter, name)
+        _common.add_timer(totals, ShardWriter, name)
     scenes = [s["name"] for s in iter_scenes(open_nuscenes(args.dataroot, args.version))][:args.scenes]
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-"))

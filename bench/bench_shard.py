@@ -32,14 +32,14 @@ from pathlib import Path
 
 
 
-def _filled_writer(st, scene, vdir, items):
-    w = st.ShardWriter(vdir, scene)
+def _filled_writer(shard_writer, scene, vdir, items):
+    w = shard_writer.ShardWriter(vdir, scene)
     for sw, res in items:
         w.add(sw, res)
     return w
 
 
-def _floor(st, writer, repeats):
+def _floor(shard_writer, writer, repeats):
     """Median ms per sweep of compressing the shard's arrays with the store's Blosc settings and chunking
     (numcodecs directly: no Zarr, no files) and of SHA-256 over the compressed bytes: what any writer of this
     format pays."""
@@ -56,12 +56,12 @@ def _floor(st, writer, repeats):
         out = []
         for name, data in arrays.items():
             data = np.ascontiguousarray(data)
-            if data.nbytes < st.COMPRESS_MIN_BYTES:
+            if data.nbytes < shard_writer.COMPRESS_MIN_BYTES:
                 continue
-            zc = st._compressors(name)[0]  # the store's own settings, applied through numcodecs alone
+            zc = shard_writer.compressors(name)[0]  # the store's own settings, applied through numcodecs alone
             codec = Blosc(cname=zc.cname.value, clevel=zc.clevel,
                           shuffle=Blosc.BITSHUFFLE if zc.shuffle.value == "bitshuffle" else Blosc.SHUFFLE)
-            rows = st._array_layout(data)[0][0]
+            rows = shard_writer.array_layout(data)[0][0]
             out += [codec.encode(data[i:i + rows]) for i in range(0, data.shape[0], rows)]
         t1 = time.perf_counter()
         h = hashlib.sha256()
@@ -82,7 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
 
-    from data_catalog import store as st
+    from data_catalog import writer as shard_writer
+    from data_catalog.format import SweepInput
+    from data_catalog.writer import ShardWriter
     from preprocess.run import warm_worker
     from preprocess.sweep import SweepConfig, process_sweep
     from shared import nuscenes_io as nio
@@ -110,18 +112,18 @@ def main(argv=None) -> int:
             load_ms.append((time.perf_counter() - t0) * 1e3)
             res = process_sweep(pts, info.cameras, cfg)
             kernel_ms.append(res.timings_ms["total"])
-            items.append((st.SweepInput(token=info.token, points=pts, timestamp=info.timestamp,
-                                        is_key_frame=info.is_key_frame, path=str(info.path),
-                                        lidar2ego=info.lidar2ego, ego2global=info.ego2global,
-                                        cameras=info.cameras), res))
+            items.append((SweepInput(token=info.token, points=pts, timestamp=info.timestamp,
+                                     is_key_frame=info.is_key_frame, path=str(info.path),
+                                     lidar2ego=info.lidar2ego, ego2global=info.ego2global,
+                                     cameras=info.cameras), res))
         totals = defaultdict(float)
-        for name in ("encode_group", "write_files", "_table_bytes"):
-            _common.add_timer(totals, st, name)
-        _common.add_timer(totals, st.ShardWriter, "_concat")
+        for name in ("encode_group", "write_files", "table_bytes"):
+            _common.add_timer(totals, shard_writer, name)
+        _common.add_timer(totals, ShardWriter, "_concat")
         add_ms, commit_ms, parts = [], [], defaultdict(list)
         for r in range(args.repeats + 1):
             vdir = tmp / f"v{r}"
-            w = st.ShardWriter(vdir, scene["name"])
+            w = ShardWriter(vdir, scene["name"])
             t0 = time.perf_counter()
             for sw, res in items:
                 w.add(sw, res)
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
         io = med(load_ms) + med(add_ms) + med(commit_ms)
         print(f"\nI/O (read + encode + commit) {io:.2f} ms per sweep = {io / (io + med(kernel_ms)):.0%} of "
               f"kernels + I/O in one process (orchestration not included)")
-        comp_ms, hash_ms = _floor(st, _filled_writer(st, scene["name"], tmp / "floor", items), args.repeats)
+        comp_ms, hash_ms = _floor(shard_writer, _filled_writer(shard_writer, scene["name"], tmp / "floor", items), args.repeats)
         floor = med(load_ms) + comp_ms + hash_ms
         print(f"floor of the store format here: read {med(load_ms):.2f} + Blosc alone {comp_ms:.2f} + SHA-256 of "
               f"its output {hash_ms:.2f} = {floor:.2f} ms per sweep = {floor / (floor + med(kernel_ms)):.0%} of "

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_catalog import store as st
+from data_catalog.layout import pid_alive, tmp_dirs, version_dir, versions_root
+from data_catalog.versions import list_versions
 from shared.errors import ConfigError, InputError
 
 TRASH = "trash"
@@ -119,10 +120,10 @@ def writer_activity(vdir: str | Path, grace_s: float = DEFAULT_GRACE_S, now: flo
     vdir = Path(vdir)
     now = time.time() if now is None else now
     host = socket.gethostname()
-    for p in st.tmp_dirs(vdir):
+    for p in tmp_dirs(vdir):
         parts = p.name.rsplit("-", 2)  # [".tmp-<scene>-<host>", pid, uuid], as store.ShardWriter names them
         if len(parts) == 3 and parts[1].isdigit() and parts[0].endswith("-" + host):
-            if st._pid_alive(int(parts[1])):
+            if pid_alive(int(parts[1])):
                 return f"shard being written by live pid {parts[1]} ({p.name})"
         else:
             age = now - _newest_mtime(p) if p.exists() else float("inf")
@@ -157,15 +158,15 @@ def plan_gc(store: str | Path, keep: Sequence[str] = (), keep_latest: int = 1,
         raise ConfigError("keep_latest", keep_latest, "must be >= 0")
     if grace_s < 0:
         raise ConfigError("grace_s", grace_s, "must be >= 0")
-    if not st.versions_root(store).is_dir():
+    if not versions_root(store).is_dir():
         raise InputError("not a store (no versions/ folder)", store)
-    docs = st.list_versions(store)  # oldest first
+    docs = list_versions(store)  # oldest first
     named = {_resolve(docs, k, store) for k in keep}
     latest = {d["id"] for d in docs[len(docs) - keep_latest:]} if keep_latest else set()
     now = time.time()
     out = []
     for d in docs:
-        vdir = st.version_dir(store, d["id"])
+        vdir = version_dir(store, d["id"])
         size = tree_bytes(vdir)
         if d["id"] in named:
             action, reason = "keep", "named by --keep"
@@ -176,7 +177,7 @@ def plan_gc(store: str | Path, keep: Sequence[str] = (), keep_latest: int = 1,
             action, reason = ("keep", f"busy: {busy}") if busy else ("remove", "not kept")
         out.append(VersionPlan(d["id"], d.get("created", ""), size, action, reason))
     trash = _trash_dirs(store)
-    gone = [st.version_dir(store, v.id) for v in out if v.action == "remove"] + trash
+    gone = [version_dir(store, v.id) for v in out if v.action == "remove"] + trash
     return GcPlan(store, tuple(out), tuple(trash), sum(tree_bytes(p) for p in trash), freed_bytes(gone))
 
 
@@ -208,7 +209,7 @@ def collect(store: str | Path, plan: GcPlan, grace_s: float = DEFAULT_GRACE_S) -
             res.trash_emptied.append(p)
         trash = store / TRASH
         for v in plan.to_remove:
-            vdir = st.version_dir(store, v.id)
+            vdir = version_dir(store, v.id)
             if not vdir.is_dir():
                 res.skipped[v.id] = "gone already"
                 continue

@@ -26,8 +26,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from data_catalog import store as st
+from data_catalog.format import FLAG_FINITE, FLAG_GROUND, PAIR_ARRAYS, POINT_ARRAYS, REGION_ARRAYS, SWEEP_ARRAYS
+from data_catalog.layout import (ERRORS_TABLE, MANIFEST, SWEEPS_TABLE, committed_scenes, content_hash,
+                                 read_manifest, shard_dir, version_dir)
+from data_catalog.tables import read_shard_tables, scene_table
 from data_catalog.version import sha256_file
+from data_catalog.versions import list_versions, read_version_json
 from shared.errors import InputError
 
 #: Shards whose checksums this process verified: resolved shard path -> ((file, size, mtime_ns), ...) of the
@@ -59,8 +63,8 @@ def check_shard(path: str | Path, manifest: dict, verify_checksums: bool = True,
     key = str(full)
     if not verify_checksums or (cached and _VERIFIED.get(key) == tuple(stats)):
         return
-    if st.content_hash(files) != manifest.get("content_sha256"):
-        raise InputError(f"content_sha256 does not match the listed files ({where})", path / st.MANIFEST)
+    if content_hash(files) != manifest.get("content_sha256"):
+        raise InputError(f"content_sha256 does not match the listed files ({where})", path / MANIFEST)
     for rel, _, _ in stats:
         if sha256_file(path / rel) != files[rel]["sha256"]:
             raise InputError(f"SHA-256 differs from the shard's manifest.json: the file changed after the "
@@ -106,12 +110,12 @@ class Sweep:
     @property
     def ground(self) -> np.ndarray:
         """(N,) bool."""
-        return (self.raw["flags"] & st.FLAG_GROUND).astype(bool)
+        return (self.raw["flags"] & FLAG_GROUND).astype(bool)
 
     @property
     def finite(self) -> np.ndarray:
         """(N,) bool: the input point had finite x, y, z."""
-        return (self.raw["flags"] & st.FLAG_FINITE).astype(bool)
+        return (self.raw["flags"] & FLAG_FINITE).astype(bool)
 
     @property
     def region(self) -> np.ndarray:
@@ -143,7 +147,7 @@ class Shard:
         import zarr
 
         self.path = Path(path)
-        if not (self.path / st.MANIFEST).is_file():
+        if not (self.path / MANIFEST).is_file():
             raise InputError("not a committed shard (no manifest.json)", self.path)
         check_shard(self.path, self.manifest, verify_checksums)
         self.verify_checksums = bool(verify_checksums)
@@ -164,9 +168,9 @@ class Shard:
     @cached_property
     def manifest(self) -> dict:
         try:
-            return st.read_manifest(self.path)
+            return read_manifest(self.path)
         except ValueError as exc:
-            raise InputError(f"unreadable ({exc})", self.path / st.MANIFEST) from None
+            raise InputError(f"unreadable ({exc})", self.path / MANIFEST) from None
 
     def array(self, name: str) -> np.ndarray:
         """The whole flat array ``name`` of this shard (read once, cached)."""
@@ -187,17 +191,17 @@ class Shard:
         if not -n <= i < n:
             raise IndexError(f"sweep index {i} out of range for scene {self.scene} with {n} sweeps")
         i %= n
-        names = arrays or (st.POINT_ARRAYS + st.PAIR_ARRAYS + st.REGION_ARRAYS + st.SWEEP_ARRAYS)
+        names = arrays or (POINT_ARRAYS + PAIR_ARRAYS + REGION_ARRAYS + SWEEP_ARRAYS)
         raw: dict[str, np.ndarray] = {}
         spans = {}
         for name in names:
-            if name in st.POINT_ARRAYS:
+            if name in POINT_ARRAYS:
                 off = "offsets"
-            elif name in st.PAIR_ARRAYS:
+            elif name in PAIR_ARRAYS:
                 off = "proj_offsets"
-            elif name in st.REGION_ARRAYS:
+            elif name in REGION_ARRAYS:
                 off = "region_offsets"
-            elif name in st.SWEEP_ARRAYS:
+            elif name in SWEEP_ARRAYS:
                 raw[name] = self.array(name)[i]
                 continue
             else:
@@ -221,12 +225,12 @@ class Shard:
     def sweeps_table(self):
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.path / st.SWEEPS_TABLE)
+        return pq.read_table(self.path / SWEEPS_TABLE)
 
     def errors_table(self):
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.path / st.ERRORS_TABLE)
+        return pq.read_table(self.path / ERRORS_TABLE)
 
 
 class StoreVersion:
@@ -236,7 +240,7 @@ class StoreVersion:
     def __init__(self, path: str | Path, verify_checksums: bool = True):
         self.path = Path(path)
         self.verify_checksums = bool(verify_checksums)
-        self.info: dict[str, Any] = st.read_version_json(self.path)
+        self.info: dict[str, Any] = read_version_json(self.path)
         self.id: str = self.info["id"]
         self._shards: dict[str, Shard] = {}
 
@@ -254,15 +258,15 @@ class StoreVersion:
 
     def scenes(self) -> list[str]:
         """Committed scenes, sorted by name."""
-        return st.committed_scenes(self.path)
+        return committed_scenes(self.path)
 
     def expected_scenes(self) -> list[str]:
         return list(self.info.get("scenes", []))
 
     def scene(self, name: str) -> Shard:
         if name not in self._shards:
-            p = st.shard_dir(self.path, name)
-            if not (p / st.MANIFEST).is_file():
+            p = shard_dir(self.path, name)
+            if not (p / MANIFEST).is_file():
                 raise InputError(f"scene {name!r} has no committed shard in version {self.id}", p)
             self._shards[name] = Shard(p, self.verify_checksums)
         return self._shards[name]
@@ -273,7 +277,7 @@ class StoreVersion:
     def iter_sweeps(self, scenes: list[str] | None = None) -> Iterator[Sweep]:
         """Every sweep, scene by scene (each shard's arrays are read when its turn comes and dropped after)."""
         for name in scenes if scenes is not None else self.scenes():
-            shard = self._shards.get(name) or Shard(st.shard_dir(self.path, name), self.verify_checksums)
+            shard = self._shards.get(name) or Shard(shard_dir(self.path, name), self.verify_checksums)
             yield from shard
 
     def __iter__(self) -> Iterator[Sweep]:
@@ -281,14 +285,14 @@ class StoreVersion:
 
     def sweeps_table(self):
         """Per-sweep statistics of all committed shards (pyarrow Table)."""
-        return st.read_shard_tables(self.path, st.SWEEPS_TABLE)
+        return read_shard_tables(self.path, SWEEPS_TABLE)
 
     def errors_table(self):
-        return st.read_shard_tables(self.path, st.ERRORS_TABLE)
+        return read_shard_tables(self.path, ERRORS_TABLE)
 
     def scenes_table(self):
-        """Per-scene statistics, derived from the shards now (see :func:`data_catalog.store.scene_table`)."""
-        return st.scene_table(self.path)
+        """Per-scene statistics, derived from the shards now (see :func:`data_catalog.tables.scene_table`)."""
+        return scene_table(self.path)
 
 
 def open_version(store: str | Path, version: str | None = None, verify_checksums: bool = True) -> StoreVersion:
@@ -297,15 +301,15 @@ def open_version(store: str | Path, version: str | None = None, verify_checksums
 
     Raises :class:`InputError` when the store has no versions or the id matches none or several.
     """
-    docs = st.list_versions(store)
+    docs = list_versions(store)
     if not docs:
         raise InputError("no store versions here (expected versions/<id>/version.json)", store)
     if version is None:
-        return StoreVersion(st.version_dir(store, docs[-1]["id"]), verify_checksums)
+        return StoreVersion(version_dir(store, docs[-1]["id"]), verify_checksums)
     hits = [d["id"] for d in docs if d["id"].startswith(version)]
     if len(hits) != 1:
         known = ", ".join(d["id"] for d in docs)
         what = "no" if not hits else "several"
         raise InputError(f"{what} version(s) matching {version!r}; versions: {known}", store)
-    return StoreVersion(st.version_dir(store, hits[0]), verify_checksums)
+    return StoreVersion(version_dir(store, hits[0]), verify_checksums)
 

@@ -13,6 +13,15 @@ Elements carry ``id`` / ``data-*`` attributes so that a test (or a script) can f
 layout: ``table#counts`` (``td[data-key]``), ``table#scenes`` (rows ``tr[data-scene]``, cells ``td[data-col]``,
 ``data-value`` holds the exact number), ``table#errors``, ``figure.plot[data-plot]`` and ``figure.bev``
 (``data-scene``, ``data-index``, ``data-token``, ``data-points``, ``data-regions``).
+
+When the version was audited (:mod:`data_catalog.audit`: keyframes of an annotated dataroot), the section
+``#audit-title`` holds ``table#audit`` (``td[data-key]`` with ``data-value``: recall, purity, over- and
+under-segmentation, ground share over every audited keyframe), ``table#audit-classes`` and ``table#audit-bands``
+(rows ``tr[data-class]`` / ``tr[data-band]``: objects, recovered, recall), ``table#audit-misses`` and the worst
+sweeps (lowest recall, at least :data:`WORST_MIN_OBJECTS` objects) as ``figure.bev-audit`` (``data-token``,
+``data-recall``, ``data-objects``, ``data-missed``, ``data-boxes``): regions coloured, annotated boxes drawn
+(recovered green, missed red with a cross, objects with too few points grey). The boxes come from the version's
+dataroot through the devkit; without it the pictures are drawn without boxes and the page says so.
 """
 from __future__ import annotations
 
@@ -45,19 +54,24 @@ MAX_ERROR_ROWS = 500
 #: Box plots per scene up to this many scenes; beyond, one point per scene (mean) over the scene index.
 MAX_BOX_SCENES = 40
 
+#: A sweep is among the worst of the audit only with at least this many counted objects.
+WORST_MIN_OBJECTS = 3
+
 
 @dataclass(frozen=True)
 class ReportConfig:
     """What to draw.
 
     sweeps: sweep tokens to draw as bird's-eye pictures (empty: ``n_sweeps`` chosen by :func:`pick_sweeps`);
-    n_sweeps: number of sweeps picked when ``sweeps`` is empty (0: none); bev_range_m: half width of the
+    n_sweeps: number of sweeps picked when ``sweeps`` is empty (0: none); n_worst: the audit's worst sweeps
+    drawn (0: none); bev_range_m: half width of the
     bird's-eye window in metres (points outside are not drawn); max_ground_points: ground points drawn per
     picture at most (a deterministic subsample; regions are always drawn whole); dpi: of every figure.
     """
 
     sweeps: tuple[str, ...] = ()
     n_sweeps: int = 4
+    n_worst: int = 4
     bev_range_m: float = 40.0
     max_ground_points: int = 40_000
     dpi: int = 80
@@ -65,6 +79,8 @@ class ReportConfig:
     def __post_init__(self):
         if self.n_sweeps < 0:
             raise ConfigError("n_sweeps", self.n_sweeps, "must be >= 0")
+        if self.n_worst < 0:
+            raise ConfigError("n_worst", self.n_worst, "must be >= 0")
         if not self.bev_range_m > 0:
             raise ConfigError("bev_range_m", self.bev_range_m, "must be > 0")
         if self.max_ground_points < 0:
@@ -108,10 +124,10 @@ def pick_sweeps(sweeps_rows: Sequence[dict], n: int) -> list[tuple[str, int, str
 def region_sizes(v: StoreVersion, progress: Callable[[Iterable], Iterable] = iter) -> np.ndarray:
     """(R,) int64 points per region over every sweep of the committed shards (the ``region_points`` arrays;
     only those are read)."""
-    from data_catalog import store as st
+    from data_catalog.layout import shard_dir
     from data_catalog.reader import Shard
 
-    parts = [np.asarray(Shard(st.shard_dir(v.path, s)).array("region_points"), np.int64)
+    parts = [np.asarray(Shard(shard_dir(v.path, s)).array("region_points"), np.int64)
              for s in progress(v.scenes())]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
@@ -205,9 +221,23 @@ def region_colours(ids: np.ndarray) -> np.ndarray:
     return np.concatenate([rgb, np.ones((ids.size, 1))], axis=1)
 
 
+#: Edge colours of the audit's boxes: recovered, missed, not counted (too few points).
+BOX_COLOURS = {"recovered": "#2ca02c", "missed": "#d62728", "uncounted": "#999999"}
+
+
+def box_corners(boxes) -> np.ndarray:
+    """(M, 4, 2) x, y of the bottom corners of :class:`shared.region_quality.Boxes`, in order around the box."""
+    w, l = boxes.size[:, 0] / 2, boxes.size[:, 1] / 2
+    local = np.stack([np.stack([l, w], 1), np.stack([-l, w], 1), np.stack([-l, -w], 1), np.stack([l, -w], 1)], 1)
+    local = np.concatenate([local, np.zeros(local.shape[:2] + (1,))], axis=2)  # (M, 4, 3) box frame
+    return (np.einsum("mij,mkj->mki", boxes.rotation, local) + boxes.center[:, None, :])[:, :, :2]
+
+
 def plot_bev(xyz: np.ndarray, ground: np.ndarray, finite: np.ndarray, region: np.ndarray, title: str,
-             cfg: ReportConfig) -> str:
-    """Bird's-eye picture of one sweep: ground grey, points of no region light, each region its own colour.
+             cfg: ReportConfig, boxes=None, status: Sequence[str] | None = None) -> str:
+    """Bird's-eye picture of one sweep: ground grey, points of no region light, each region its own colour;
+    with ``boxes`` (:class:`shared.region_quality.Boxes`), their outlines coloured by ``status`` (M,) (a key of
+    :data:`BOX_COLOURS`), missed ones with a cross at the centre.
 
     xyz (N, 3) float32 metres; ground, finite (N,) bool; region (N,) int16 (-1: none). Returns a base64 PNG.
     """
@@ -225,6 +255,12 @@ def plot_bev(xyz: np.ndarray, ground: np.ndarray, finite: np.ndarray, region: np
     if reg.size:
         ids, inv = np.unique(region[reg], return_inverse=True)
         ax.scatter(xyz[reg, 0], xyz[reg, 1], s=2.5, c=region_colours(ids)[inv], linewidths=0, rasterized=True)
+    if boxes is not None and len(boxes):
+        for corners, st_ in zip(box_corners(boxes), status):
+            ring = np.vstack([corners, corners[:1]])
+            ax.plot(ring[:, 0], ring[:, 1], color=BOX_COLOURS[st_], lw=1.6 if st_ == "missed" else 0.8)
+        missed = np.asarray(status) == "missed"
+        ax.plot(boxes.center[missed, 0], boxes.center[missed, 1], "x", color=BOX_COLOURS["missed"], ms=7, mew=1.6)
     ax.plot([0], [0], marker="^", color="red", ms=6)
     ax.set_xlim(-r, r)
     ax.set_ylim(-r, r)
@@ -279,6 +315,98 @@ def _non_default_html(config: dict, defaults: Mapping[str, Any] | None) -> str:
         return "(not compared: no defaults given)"
     nd = non_default(defaults, config)
     return ", ".join(f"<code>{_e(k)}={_e(val)}</code>" for k, val in nd.items()) or "(defaults)"
+
+
+def _kv_values(tid: str, items: Iterable[tuple[str, Any, str]]) -> str:
+    """A key-value table whose cells carry the exact value (``data-value``) beside the formatted one."""
+    rows = "".join(f'<tr><th>{_e(k)}</th><td class="num" data-key="{_e(k)}" data-value="{_e(v)}">'
+                   f"{_e(_fmt(f, v))}</td></tr>" for k, v, f in items)
+    return f'<table id="{tid}">{rows}</table>'
+
+
+def _recall_table(tid: str, attr: str, rows: Mapping[str, tuple[int, int, float | None]]) -> str:
+    body = "".join(f'<tr data-{attr}="{_e(k)}"><td>{_e(k)}</td><td class="num">{n:,}</td><td class="num">{r:,}'
+                   f'</td><td class="num" data-value="{_e(rec)}">{_e(_fmt("{:.3f}", rec))}</td></tr>'
+                   for k, (n, r, rec) in rows.items())
+    return (f'<table id="{tid}"><tr><th>{_e(attr)}</th><th>objects</th><th>recovered</th><th>recall</th></tr>'
+            f"{body}</table>")
+
+
+def audit_boxes(v: StoreVersion) -> tuple[Callable[[str], Any] | None, str]:
+    """(token -> :class:`shared.region_quality.Boxes` of that keyframe in its LiDAR frame, read from the
+    version's dataroot through the devkit; '') or (None, why not) when the dataroot cannot be opened."""
+    ds = v.info.get("dataset") or {}
+    if not ds.get("dataroot") or not ds.get("version"):
+        return None, "version.json names no dataroot"
+    from shared.nuscenes_io import open_nuscenes
+    from shared.region_quality import boxes_from_nuscenes
+
+    try:
+        nusc = open_nuscenes(ds["dataroot"], ds["version"], validate=False)
+    except InputError as exc:
+        return None, f"the dataroot cannot be opened ({exc})"
+    return (lambda token: boxes_from_nuscenes(nusc, token)), ""
+
+
+def box_status(xyz: np.ndarray, region: np.ndarray, ground: np.ndarray, boxes) -> np.ndarray:
+    """(M,) ``recovered`` / ``missed`` / ``uncounted`` of each box against a stored sweep (the audit's rule)."""
+    from shared.region_quality import evaluate_sweep
+
+    obj = evaluate_sweep(xyz, np.asarray(region, np.int64), boxes, ground=np.asarray(ground, bool)).objects
+    return np.where(~obj.counted, "uncounted", np.where(obj.recovered, "recovered", "missed"))
+
+
+def audit_html(v: StoreVersion, sweeps: Sequence[dict], cfg: ReportConfig,
+               wrap: Callable[[Iterable, str], Iterable]) -> list[str]:
+    """The audit section of the page (see the module docstring)."""
+    from data_catalog import audit
+
+    out = ['<h2 id="audit-title">Object recovery (audit)</h2>']
+    summ = audit.summary(sweeps)
+    if not summ.audited:
+        out.append('<p id="no-audit">Not audited: the version has no annotated keyframes (the dataroot has no '
+                   "<code>sample_annotation</code> rows, or the store was written before the audit).</p>")
+        return out
+    o = summ.overall
+    out.append('<p class="muted">Annotated objects with at least 20 points in their box; recovered when 80 % of '
+               "their points above the box bottom + 0.3 m lie in one region that lies at least half inside the "
+               "box (shared/region_quality.py); rates are ratios of sums over every audited keyframe.</p>")
+    out.append(_kv_values("audit", [
+        ("audited_sweeps", o["audited_sweeps"], "{:,}"), ("objects", o["audit_objects"], "{:,}"),
+        ("recovered", o["audit_recovered"], "{:,}"), ("recall", o["audit_recall"], "{:.3f}"),
+        ("purity", o["audit_purity"], "{:.3f}"), ("over_segmentation", o["audit_over_seg"], "{:.3f}"),
+        ("under_segmentation", o["audit_under_seg"], "{:.3f}"), ("ground_share", o["audit_ground_share"], "{:.3f}"),
+    ]))
+    out.append("<h3>Recall by class</h3>" + _recall_table("audit-classes", "class", summ.by_class))
+    out.append("<h3>Recall by distance (m)</h3>" + _recall_table("audit-bands", "band", summ.by_band))
+    out.append('<h3>Missed objects by kind</h3><table id="audit-misses"><tr><th>kind</th><th>objects</th></tr>'
+               + "".join(f'<tr data-kind="{_e(k)}"><td>{_e(k)}</td><td class="num">{n:,}</td></tr>'
+                         for k, n in summ.misses.items()) + "</table>")
+    worst = audit.worst_sweeps(sweeps, cfg.n_worst, WORST_MIN_OBJECTS)
+    out.append(f'<h3 id="audit-worst-title">Worst sweeps ({len(worst)}: lowest recall, at least '
+               f"{WORST_MIN_OBJECTS} objects)</h3>")
+    get_boxes, why = audit_boxes(v) if worst else (None, "")
+    if worst and get_boxes is None:
+        out.append(f'<p id="audit-no-boxes">Drawn without boxes: {_e(why)}.</p>')
+    out.append('<p class="muted">Regions coloured; boxes green: recovered, red: missed (a cross at the centre), '
+               "grey: fewer than 20 points (not counted).</p>")
+    for r in wrap(worst, "worst sweeps"):
+        sw = v.scene(r["scene"]).sweep(int(r["index"]), arrays=("xyz", "flags", "region"))
+        xyz, region = sw.xyz, np.asarray(sw.region)
+        boxes = get_boxes(r["token"]) if get_boxes is not None else None
+        status = box_status(xyz, region, sw.ground, boxes) if boxes is not None else None
+        missed = int((status == "missed").sum()) if status is not None else r["audit_objects"] - r["audit_recovered"]
+        b64 = plot_bev(xyz, sw.ground, sw.finite, region, f"{r['scene']} #{r['index']}: recall "
+                       f"{r['audit_recall']:.2f} ({r['audit_recovered']}/{r['audit_objects']})", cfg, boxes, status)
+        out.append(f'<figure class="bev-audit" data-scene="{_e(r["scene"])}" data-index="{r["index"]}" '
+                   f'data-token="{_e(r["token"])}" data-recall="{r["audit_recall"]}" '
+                   f'data-objects="{r["audit_objects"]}" data-missed="{missed}" '
+                   f'data-boxes="{0 if boxes is None else len(boxes)}">'
+                   f'{_img(b64, "audit " + str(r["scene"]) + " " + str(r["index"]))}'
+                   f'<figcaption>{_e(r["scene"])} sweep {r["index"]} <code>{_e(r["token"])}</code>: recall '
+                   f'{r["audit_recall"]:.3f}, {missed} of {r["audit_objects"]} object(s) missed, purity '
+                   f'{_e(_fmt("{:.3f}", r["audit_purity"]))}</figcaption></figure>')
+    return out
 
 
 @dataclass(frozen=True)
@@ -371,6 +499,8 @@ def build_html(v: StoreVersion, cfg: ReportConfig = ReportConfig(),
              "Regions kept after semantic pooling, per sweep, per scene.")):
         add(f'<figure class="plot" data-plot="{key}">{_img(b64, key)}<figcaption>{_e(cap)}</figcaption></figure>')
 
+    parts.extend(audit_html(v, sweeps, cfg, wrap))
+
     add(f'<h2 id="bev-title">Bird\'s-eye view of regions ({len(chosen)} sweep(s))</h2>')
     add('<p class="muted">Ground grey, points of no region dark, each region its own colour; '
         f'+-{cfg.bev_range_m:g} m around the sensor (red triangle).</p>')
@@ -432,20 +562,21 @@ def write_index(store: str | Path, out_dir: str | Path | None = None,
     page when ``<out_dir>/<id>.html`` exists. Self-contained like the pages (no script, nothing fetched); written
     aside and renamed. ``calico catalog report`` rewrites it after each page. ``defaults``: see
     :func:`build_html`."""
-    from data_catalog import store as st
+    from data_catalog.layout import committed_scenes, version_dir
+    from data_catalog.versions import list_versions
 
     out = Path(out_dir) if out_dir is not None else Path(store) / "reports"
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for doc in st.list_versions(store):
+    for doc in list_versions(store):
         vid, spec = doc["id"], doc.get("spec", {})
-        vdir = st.version_dir(store, vid)
+        vdir = version_dir(store, vid)
         page = out / f"{vid}.html"
         link = f'<a href="{_e(page.name)}">{_e(vid)}</a>' if page.is_file() else _e(vid)
         rows.append(f'<tr data-version="{_e(vid)}" data-page="{int(page.is_file())}"><td><code>{link}</code></td>'
                     f'<td>{_e(doc.get("created", ""))}</td><td>{_e(spec.get("dataset_version", ""))}</td>'
                     f'<td>{_e(spec.get("sweeps", ""))}</td><td class="num">{_e(spec.get("seed", ""))}</td>'
-                    f'<td class="num">{len(st.committed_scenes(vdir))} / {len(doc.get("scenes", []) or [])}</td>'
+                    f'<td class="num">{len(committed_scenes(vdir))} / {len(doc.get("scenes", []) or [])}</td>'
                     f'<td>{_non_default_html(spec.get("config", {}), defaults)}</td></tr>')
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>calico store {_e(Path(store))}'
             f'</title><style>{_CSS}</style></head><body><h1 id="title">Store <code>{_e(Path(store))}</code></h1>'

@@ -19,8 +19,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_catalog import store as st
+from data_catalog.layout import (ERRORS_TABLE, MANIFEST, SCENES_TABLE, SWEEPS_TABLE, TABLES_MANIFEST,
+                                 VERSION_TABLES, committed_scenes, content_hash, read_manifest, shard_dir,
+                                 tmp_dirs)
 from data_catalog.version import DOC_SHA256, VersionSpec, doc_checksum, sha256_file
+from data_catalog.versions import read_version_json
 from shared.errors import CalicoError, InputError
 
 
@@ -76,7 +79,7 @@ def verify_shard(shard: str | Path, checksums: bool = True) -> list[str]:
     shard = Path(shard)
     problems: list[str] = []
     try:
-        man = st.read_manifest(shard)
+        man = read_manifest(shard)
     except (OSError, ValueError) as exc:
         return [f"manifest.json unreadable ({exc})"]
     files = man.get("files", {})
@@ -93,9 +96,9 @@ def verify_shard(shard: str | Path, checksums: bool = True) -> list[str]:
             problems.append(f"{rel}: checksum mismatch (content changed)")
     for p in sorted(shard.rglob("*")):
         rel = p.relative_to(shard).as_posix()
-        if p.is_file() and rel != st.MANIFEST and rel not in files:
+        if p.is_file() and rel != MANIFEST and rel not in files:
             problems.append(f"{rel}: not in the manifest")
-    if st.content_hash(files) != man.get("content_sha256"):
+    if content_hash(files) != man.get("content_sha256"):
         problems.append("content_sha256 does not match the listed files")
     counts = man.get("counts", {})
     checks = (("offsets", "sweeps", 1), ("flags", "points", 0), ("proj_cam", "pairs", 0),
@@ -106,14 +109,14 @@ def verify_shard(shard: str | Path, checksums: bool = True) -> list[str]:
             problems.append(f"{arr}/zarr.json: missing")
         elif key in counts and shape[0] != counts[key] + extra:
             problems.append(f"{arr}: {shape[0] - extra} {key} in the array, manifest says {counts[key]}")
-    if checksums and not any(p.startswith(st.ERRORS_TABLE) for p in problems) and \
-            (shard / st.ERRORS_TABLE).is_file():
-        rows = _parquet_rows(shard / st.ERRORS_TABLE)
+    if checksums and not any(p.startswith(ERRORS_TABLE) for p in problems) and \
+            (shard / ERRORS_TABLE).is_file():
+        rows = _parquet_rows(shard / ERRORS_TABLE)
         want = counts.get("errors", 0) + counts.get("warnings", 0)
         if isinstance(rows, str):
-            problems.append(f"{st.ERRORS_TABLE}: {rows}")
+            problems.append(f"{ERRORS_TABLE}: {rows}")
         elif rows != want:
-            problems.append(f"{st.ERRORS_TABLE}: {rows} row(s), manifest counts {want} error(s) and warning(s)")
+            problems.append(f"{ERRORS_TABLE}: {rows} row(s), manifest counts {want} error(s) and warning(s)")
     return problems
 
 
@@ -130,7 +133,7 @@ def _parquet_rows(path: Path) -> int | str:
 def _check_version_json(vdir: Path) -> tuple[dict | None, list[str], list[str]]:
     """(the document or None, problems, notes) of ``version.json``."""
     try:
-        doc = st.read_version_json(vdir)
+        doc = read_version_json(vdir)
     except InputError as exc:
         return None, [str(exc)], []  # names the file
     problems, notes = [], []
@@ -153,11 +156,11 @@ def _check_version_json(vdir: Path) -> tuple[dict | None, list[str], list[str]]:
 def _check_tables_against_shards(vdir: Path, committed: list[str]) -> list[str]:
     """Without ``tables.json`` (a store of format 1): each table readable, its rows those of the shards."""
     problems = []
-    counts = [st.read_manifest(st.shard_dir(vdir, s))["counts"] for s in committed]
-    want = {st.SWEEPS_TABLE: sum(c.get("sweeps", 0) for c in counts),
-            st.ERRORS_TABLE: sum(c.get("errors", 0) + c.get("warnings", 0) for c in counts),
-            st.SCENES_TABLE: len(committed)}
-    for name in st.VERSION_TABLES:
+    counts = [read_manifest(shard_dir(vdir, s))["counts"] for s in committed]
+    want = {SWEEPS_TABLE: sum(c.get("sweeps", 0) for c in counts),
+            ERRORS_TABLE: sum(c.get("errors", 0) + c.get("warnings", 0) for c in counts),
+            SCENES_TABLE: len(committed)}
+    for name in VERSION_TABLES:
         rows = _parquet_rows(vdir / name)
         if isinstance(rows, str):
             problems.append(f"{name}: {rows}")
@@ -171,30 +174,30 @@ def verify_version_files(vdir: str | Path, committed: list[str] | None = None) -
     """(problems, notes) of a version's ``version.json`` and version-level tables (see the module docstring).
     ``committed``: the committed scenes (default: read)."""
     vdir = Path(vdir)
-    committed = st.committed_scenes(vdir) if committed is None else committed
+    committed = committed_scenes(vdir) if committed is None else committed
     _doc, problems, notes = _check_version_json(vdir)
-    absent = [n for n in st.VERSION_TABLES if not (vdir / n).is_file()]
+    absent = [n for n in VERSION_TABLES if not (vdir / n).is_file()]
     if absent:
         return problems + [f"{n}: missing (a run derives it when it ends: rerun `calico preprocess run`)"
                            for n in absent], notes
     try:
-        man = json.loads((vdir / st.TABLES_MANIFEST).read_text())
+        man = json.loads((vdir / TABLES_MANIFEST).read_text())
     except FileNotFoundError:
-        notes.append(f"{', '.join(st.VERSION_TABLES)}: checksums not recorded (written before format 2; "
+        notes.append(f"{', '.join(VERSION_TABLES)}: checksums not recorded (written before format 2; "
                      "checked against the shards' counts instead)")
         return problems + _check_tables_against_shards(vdir, committed), notes
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return problems + [f"{st.TABLES_MANIFEST}: unreadable ({exc})"], notes
-    for name in st.VERSION_TABLES:
+        return problems + [f"{TABLES_MANIFEST}: unreadable ({exc})"], notes
+    for name in VERSION_TABLES:
         want = man.get("tables", {}).get(name)
         p = vdir / name
         if want is None:
-            problems.append(f"{name}: not in {st.TABLES_MANIFEST}")
+            problems.append(f"{name}: not in {TABLES_MANIFEST}")
         elif p.stat().st_size != want["bytes"]:
-            problems.append(f"{name}: size {p.stat().st_size} bytes, {st.TABLES_MANIFEST} says {want['bytes']}")
+            problems.append(f"{name}: size {p.stat().st_size} bytes, {TABLES_MANIFEST} says {want['bytes']}")
         elif sha256_file(p) != want["sha256"]:
             problems.append(f"{name}: checksum mismatch (content changed)")
-    now = {s: st.read_manifest(st.shard_dir(vdir, s)).get("content_sha256") for s in committed}
+    now = {s: read_manifest(shard_dir(vdir, s)).get("content_sha256") for s in committed}
     then = man.get("shards", {})
     if now != then:
         changed = sorted(s for s in set(now) | set(then) if now.get(s) != then.get(s))
@@ -208,24 +211,24 @@ def verify_version(vdir: str | Path) -> VerifyReport:
     the version's own files (:func:`verify_version_files`)."""
     vdir = Path(vdir)
     try:
-        info = st.read_version_json(vdir)
+        info = read_version_json(vdir)
     except InputError:  # reported by verify_version_files; the scenes expected are then unknown
         info = {"id": vdir.name}
     rep = VerifyReport(version=info["id"], path=vdir)
-    committed = st.committed_scenes(vdir)
+    committed = committed_scenes(vdir)
     expected = info.get("scenes", [])
     rep.missing = [s for s in expected if s not in committed]
     # a shard folder without a manifest can only be a hand-made or damaged one (commits are renames)
     shards_root = vdir / "shards"
     if shards_root.is_dir():
         for d in sorted(shards_root.iterdir()):
-            if d.is_dir() and not d.name.startswith(".") and not (d / st.MANIFEST).is_file():
+            if d.is_dir() and not d.name.startswith(".") and not (d / MANIFEST).is_file():
                 rep.corrupt.append(ShardProblem(d.name, ["manifest.json missing (shard not committed)"]))
     for s in committed:
         rep.checked.append(s)
-        problems = verify_shard(st.shard_dir(vdir, s))
+        problems = verify_shard(shard_dir(vdir, s))
         if problems:
             rep.corrupt.append(ShardProblem(s, problems))
-    rep.leftovers = [p.name for p in st.tmp_dirs(vdir)]
+    rep.leftovers = [p.name for p in tmp_dirs(vdir)]
     rep.version_problems, rep.notes = verify_version_files(vdir, committed)
     return rep

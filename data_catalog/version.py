@@ -32,11 +32,11 @@ from typing import Any, Iterable, Mapping
 
 from shared.errors import ConfigError
 
-#: Version of the on-disk encoding written by :mod:`data_catalog.store`. Bump on any change of layout,
-#: quantisation or array set: it is part of every version id. 2: the errors tables have a ``level`` column
-#: (a missing camera image is a ``warning`` row of a sweep kept without that camera, no longer a failed sweep),
-#: shard manifests count ``warnings`` and record ``inputs_sha256``, ``version.json`` its own checksum, and the
-#: version-level tables have a manifest (``tables.json``). Stores of format 1 read as before.
+#: Version of the on-disk encoding (:mod:`data_catalog.format`, written by :mod:`data_catalog.writer`). Bump on
+#: any change of layout, quantisation or array set: it is part of every version id. 2: the errors tables have a
+#: ``level`` column (a missing camera image is a ``warning`` row of a sweep kept without that camera, no longer a
+#: failed sweep), shard manifests count ``warnings`` and record ``inputs_sha256``, ``version.json`` its own
+#: checksum, and the version-level tables have a manifest (``tables.json``). Stores of format 1 read as before.
 FORMAT_VERSION = 2
 
 #: Key of ``version.json`` holding the SHA-256 of the rest of the document (:func:`doc_checksum`).
@@ -46,7 +46,8 @@ DOC_SHA256 = "doc_sha256"
 SWEEP_MODES: tuple[str, ...] = ("keyframes", "all")
 
 #: Source files (relative to the repository root) whose content is the "code version". Orchestration
-#: (preprocess/run.py, the CLI) is left out: it does not change the stored numbers.
+#: (preprocess/run.py, the CLI) is left out: it does not change the stored numbers. shared/region_quality.py
+#: computes the audit columns of the sweeps tables (its rule's defaults are code, not configuration).
 CODE_FILES: tuple[str, ...] = (
     "preprocess/ground.py",
     "preprocess/cluster.py",
@@ -58,6 +59,7 @@ CODE_FILES: tuple[str, ...] = (
     "shared/pointcloud.py",
     "shared/nuscenes_io.py",
     "shared/records.py",
+    "shared/region_quality.py",
 )
 
 _MISSING = object()

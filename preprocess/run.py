@@ -8,7 +8,7 @@ scales to many machines (every worker must see the dataroot and the store at the
 its scene's point files, runs :func:`preprocess.sweep.process_sweep` on every sweep, records the sweeps that
 fail with an :class:`shared.errors.InputError` (truncated or missing point file, broken calibration) in the
 shard's errors table and goes on, then commits the scene's shard atomically through
-:class:`data_catalog.store.ShardWriter`. A missing camera image does not fail its sweep: the sweep is projected
+:class:`data_catalog.writer.ShardWriter`. A missing camera image does not fail its sweep: the sweep is projected
 into the cameras it has, the missing one is stored as absent (NaN calibration) and a ``warning`` row says so.
 
 Failures stay visible: every run's summary counts the failed sweeps (and warnings) held by the committed shards
@@ -22,7 +22,7 @@ sweep (hard links), and computes the rest.
 Resuming: scenes whose shard is committed are skipped (checked before submitting and again in the task), so a
 killed run, rerun, redoes only the missing scenes; two runs on the same version at once each write their own
 temporary shard and the second rename loses harmlessly. At the end the version-level tables are derived
-(:func:`data_catalog.store.finalize`) and a run record is written to ``versions/<id>/runs/``.
+(:func:`data_catalog.tables.finalize`) and a run record is written to ``versions/<id>/runs/``.
 
 At most ``2 * workers`` scenes are in flight at once, so the driver holds the sweep lists of only those.
 GPU: with ``backend='gpu'`` (resolved on the driver) and no scheduler, the local cluster is dask-cuda's
@@ -42,9 +42,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from data_catalog import store as st
+from data_catalog.format import SweepInput
+from data_catalog.layout import (clean_stale_tmp, committed_scenes, is_committed, read_manifest, shard_dir,
+                                 shard_failures, version_dir)
+from data_catalog.tables import finalize
 from data_catalog.version import (VersionSpec, check_sweeps, code_version, input_manifest,
                                   nuscenes_input_files)
+from data_catalog.versions import create_version, read_version_json, same_run_other_inputs, write_run_record
+from data_catalog.writer import ShardWriter, link_shard
+from data_catalog.writer import warm_up as warm_up_writer
 from preprocess.dask_setup import (CONNECT_TIMEOUT_S, check_scheduler, children_ignore_sigint, connect_scheduler,
                                    dataroot_checks, forward_notices, notify_driver, quiet_logs, require_visible,
                                    start_quiet_resource_tracker, store_checks)
@@ -59,6 +65,7 @@ class SweepPlan:
     token: str
     info: Any = None  # shared.records.SweepInfo
     error: tuple[str, str, str] | None = None  # (file, stage, reason)
+    boxes: Any = None  # shared.region_quality.Boxes of a keyframe of an annotated dataroot: audited (audit_boxes)
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,33 @@ def _pack_plan(plan: ScenePlan) -> dict[str, Any]:
         "cam_str": [(c.channel, c.token, None if c.image_path is None else str(c.image_path)) for c in cams],
         "cam_int": np.array([(c.width, c.height, c.timestamp) for c in cams], np.int64).reshape(-1, 3),
         **{f"cam_{k}": np.array([getattr(c, k) for c in cams], np.float64) for k in _CAM_MATRICES},
+        **_pack_boxes([sp.boxes for sp in plan.sweeps]),
     }
+
+
+def _pack_boxes(boxes: Sequence[Any]) -> dict[str, Any]:
+    """Each sweep's boxes (None: not audited) as counts (-1: None) and stacked arrays (inverse: _unpack_boxes)."""
+    import numpy as np
+
+    have = [b for b in boxes if b is not None]
+    return {"box_count": [-1 if b is None else len(b) for b in boxes],
+            "box_cls": [c for b in have for c in b.cls],
+            **{f"box_{k}": np.concatenate([getattr(b, k) for b in have]) if have else None
+               for k in ("center", "size", "yaw", "rotation")}}
+
+
+def _unpack_boxes(d: dict[str, Any]) -> list[Any]:
+    from shared.region_quality import Boxes
+
+    out, i = [], 0
+    for n in d["box_count"]:
+        if n < 0:
+            out.append(None)
+            continue
+        out.append(Boxes(**{k: d[f"box_{k}"][i:i + n] for k in ("center", "size", "yaw", "rotation")},
+                         cls=d["box_cls"][i:i + n]))
+        i += n
+    return out
 
 
 def _unpack_plan(d: dict[str, Any]) -> ScenePlan:
@@ -113,8 +146,8 @@ def _unpack_plan(d: dict[str, Any]) -> ScenePlan:
                                sample_token=sample_token))
         c0 += ncam
     it = iter(infos)
-    sweeps = tuple(SweepPlan(token, next(it) if has else None, err)
-                   for token, has, err in zip(d["tokens"], d["has_info"], d["errors"]))
+    sweeps = tuple(SweepPlan(token, next(it) if has else None, err, boxes)
+                   for token, has, err, boxes in zip(d["tokens"], d["has_info"], d["errors"], _unpack_boxes(d)))
     return ScenePlan(d["scene"], sweeps, d["replace"])
 
 
@@ -198,9 +231,21 @@ def lidar_tokens(nusc, scene: dict, keyframes_only: bool) -> list[str]:
     return list(nuscenes_io.iter_lidar_tokens(nusc, scene, keyframes_only))
 
 
+def audit_boxes(nusc, info) -> Any:
+    """The annotated boxes of a keyframe in its LiDAR frame (devkit ``get_sample_data``, through
+    :func:`shared.region_quality.boxes_from_nuscenes`) when the dataroot has annotations; None for a non-keyframe
+    or a dataroot without any (then the sweep is not audited: :mod:`data_catalog.audit`)."""
+    if not info.is_key_frame or not len(getattr(nusc, "sample_annotation", ()) or ()):
+        return None
+    from shared.region_quality import boxes_from_nuscenes
+
+    return boxes_from_nuscenes(nusc, info.token)
+
+
 def plan_scenes(nusc, sweeps: str, scenes: Sequence[str] | None = None) -> list[ScenePlan]:
-    """Per scene (sorted by name), its sweeps as :class:`SweepPlan`. A sweep whose record cannot be built
-    (e.g. a camera without calibration) carries its error instead of failing the run."""
+    """Per scene (sorted by name), its sweeps as :class:`SweepPlan`, keyframes with their boxes when the
+    dataroot has annotations (:func:`audit_boxes`). A sweep whose record cannot be built (e.g. a camera without
+    calibration) carries its error instead of failing the run."""
     from shared.nuscenes_io import iter_scenes, sweep_info
 
     plans = []
@@ -208,7 +253,8 @@ def plan_scenes(nusc, sweeps: str, scenes: Sequence[str] | None = None) -> list[
         items = []
         for tok in lidar_tokens(nusc, rec, sweeps == "keyframes"):
             try:
-                items.append(SweepPlan(tok, info=sweep_info(nusc, tok, scene=rec)))
+                info = sweep_info(nusc, tok, scene=rec)
+                items.append(SweepPlan(tok, info=info, boxes=audit_boxes(nusc, info)))
             except InputError as exc:
                 items.append(SweepPlan(tok, error=(exc.path or "", "calibration", str(exc))))
         plans.append(ScenePlan(rec["name"], tuple(items)))
@@ -231,7 +277,7 @@ def prepare_version(nusc, dataroot: str | Path, version: str, store: str | Path,
                     "user": getpass.getuser(), "python": platform.python_version(),
                     "packages": _package_versions(), "git_commit": _git_commit()},
     }
-    vdir, created = st.create_version(store, spec, info)
+    vdir, created = create_version(store, spec, info)
     return spec, vdir, created
 
 
@@ -278,7 +324,7 @@ def warm_worker(cfg_dict: dict, backend: str, cameras=None, columns: int = 5, th
     setup_worker(threads)
     with announce_compilation(notify or (lambda line: None), seconds=PREPROCESS_COMPILE_S):
         warm_up(SweepConfig.from_dict(cfg_dict), backend, cameras, columns)
-    st.warm_up()
+    warm_up_writer()
     return time.perf_counter() - t0
 
 
@@ -338,6 +384,23 @@ def present_cameras(cameras) -> tuple[tuple, tuple]:
     return tuple(ok), tuple(absent)
 
 
+def sweep_audit(points, res, boxes) -> dict[str, Any] | None:
+    """The audit columns of a processed keyframe (:func:`data_catalog.audit.audit_sweep`: its boxes against the
+    points as stored, the region ids and ground flags, and the filter that dropped each point's cluster); None
+    without boxes."""
+    if boxes is None:
+        return None
+    import numpy as np
+
+    from data_catalog.audit import audit_sweep
+
+    reason = np.zeros(len(res.region), np.int64)
+    if res.pooling is not None:
+        lab = np.asarray(res.labels)
+        reason[lab >= 0] = np.asarray(res.pooling.cluster_reason)[lab[lab >= 0]]
+    return audit_sweep(points, res.region, res.ground, boxes, dropped_reason=reason)
+
+
 def process_scene(vdir: str, plan: ScenePlan, cfg_dict: dict, backend: str, seed: int,
                   dataroot: str | None = None) -> dict[str, Any]:
     """Process one scene and commit its shard (runs on a Dask worker; in place of the committed one when
@@ -357,11 +420,11 @@ def process_scene(vdir: str, plan: ScenePlan, cfg_dict: dict, backend: str, seed
 
     out = {"scene": plan.scene, "status": "skipped", "sweeps": 0, "errors": 0, "warnings": 0, "points": 0,
            "kernel_s": 0.0, "load_s": 0.0, "write_s": 0.0, "task_s": 0.0, "pid": os.getpid(), "started": started}
-    if not plan.replace and st.is_committed(vdir, plan.scene):
+    if not plan.replace and is_committed(vdir, plan.scene):
         return out
     cfg = SweepConfig.from_dict(cfg_dict)
-    writer = st.ShardWriter(vdir, plan.scene, expected_points=_max_points(plan),
-                            inputs_sha256=scene_inputs_sha256(plan, dataroot))
+    writer = ShardWriter(vdir, plan.scene, expected_points=_max_points(plan),
+                         inputs_sha256=scene_inputs_sha256(plan, dataroot))
     write_s = 0.0
     for sp in plan.sweeps:
         if sp.error is not None:
@@ -384,11 +447,11 @@ def process_scene(vdir: str, plan: ScenePlan, cfg_dict: dict, backend: str, seed
             writer.add_error(sp.token, _relpath(exc.path, dataroot) or rel, str(exc), "process")
             continue
         t2 = time.perf_counter()
-        sw = st.SweepInput(token=info.token, points=points, timestamp=info.timestamp,
-                           is_key_frame=info.is_key_frame, path=rel, lidar2ego=info.lidar2ego,
-                           ego2global=info.ego2global, cameras=cameras)
+        sw = SweepInput(token=info.token, points=points, timestamp=info.timestamp,
+                        is_key_frame=info.is_key_frame, path=rel, lidar2ego=info.lidar2ego,
+                        ego2global=info.ego2global, cameras=cameras)
         try:
-            writer.add(sw, res, backend=backend, load_ms=(t1 - t0) * 1e3)
+            writer.add(sw, res, backend=backend, load_ms=(t1 - t0) * 1e3, audit=sweep_audit(points, res, sp.boxes))
         except InputError as exc:
             writer.add_error(sp.token, rel, str(exc), "encode")
             continue
@@ -495,7 +558,7 @@ def run(
         raise
     del nusc
     log(f"store version {spec.id} ({'new' if created else 'existing'}): {vdir}")
-    removed = st.clean_stale_tmp(vdir)
+    removed = clean_stale_tmp(vdir)
     if removed:
         log(f"removed {len(removed)} leftover temporary shard(s) of dead writers")
     summary = RunSummary(version=spec.id, path=str(vdir), scenes_total=len(plans), created_version=created)
@@ -514,7 +577,7 @@ def run(
             _run_tasks(todo, vdir, cfg.to_dict(), backend, seed, str(dataroot), summary, workers, client,
                        processes, threads_per_worker, progress, log)
     except KeyboardInterrupt:  # Ctrl-C: what is committed stays; say so, then exit (130 from the CLI)
-        done = len(set(st.committed_scenes(vdir)) & {p.scene for p in plans})
+        done = len(set(committed_scenes(vdir)) & {p.scene for p in plans})
         log(f"interrupted: {done} of {len(plans)} scene(s) committed; rerun the same command to resume "
             "(committed scenes are skipped)")
         if client is not None:
@@ -525,7 +588,7 @@ def run(
         if client is not None:
             client.close()
     summary.tasks_s = time.perf_counter() - t_tasks - summary.startup_s
-    st.finalize(vdir)
+    finalize(vdir)
     count_failures(summary, vdir, plans)
     summary.wall_s = time.perf_counter() - t_start
     _write_run_record(vdir, summary, argv)
@@ -537,10 +600,10 @@ def _reusable(base_vdir: Path, plan: ScenePlan, dataroot: str) -> bool:
     files the scene has now (:func:`scene_inputs_sha256`) and its files have their manifest's sizes."""
     from data_catalog.verify import verify_shard
 
-    if not st.is_committed(base_vdir, plan.scene):
+    if not is_committed(base_vdir, plan.scene):
         return False
-    src = st.shard_dir(base_vdir, plan.scene)
-    man = st.read_manifest(src)
+    src = shard_dir(base_vdir, plan.scene)
+    man = read_manifest(src)
     if man["counts"].get("errors", 1) or man.get("inputs_sha256") != scene_inputs_sha256(plan, dataroot):
         return False
     return not verify_shard(src, checksums=False)
@@ -551,22 +614,22 @@ def select_scenes(plans: Sequence[ScenePlan], vdir: Path, store, dataroot: str, 
     """The plans to compute (on the driver): the scenes without a committed shard; with ``retry_failed`` also
     the committed ones whose shard holds failed sweeps (``replace=True``: swapped in for the old shard,
     ``summary.retried_scenes``), while a scene not committed that the latest version of the same run over
-    other inputs (:func:`data_catalog.store.same_run_other_inputs`) holds reusable (:func:`_reusable`) is
+    other inputs (:func:`data_catalog.versions.same_run_other_inputs`) holds reusable (:func:`_reusable`) is
     hard-linked from it instead (``summary.reused_scenes``). Counts the rest in ``summary.scenes_skipped``."""
     import dataclasses
 
-    base = st.same_run_other_inputs(store, st.read_version_json(vdir)) if retry_failed else None
-    base_vdir = st.version_dir(store, base["id"]) if base else None
+    base = same_run_other_inputs(store, read_version_json(vdir)) if retry_failed else None
+    base_vdir = version_dir(store, base["id"]) if base else None
     todo = []
     for p in plans:
-        if st.is_committed(vdir, p.scene):
-            if retry_failed and st.shard_failures(vdir, p.scene)[0]:
+        if is_committed(vdir, p.scene):
+            if retry_failed and shard_failures(vdir, p.scene)[0]:
                 todo.append(dataclasses.replace(p, replace=True))
                 summary.retried_scenes.append(p.scene)
             else:
                 summary.scenes_skipped += 1
         elif base_vdir is not None and _reusable(base_vdir, p, dataroot):
-            if st.link_shard(st.shard_dir(base_vdir, p.scene), vdir, p.scene).status == "committed":
+            if link_shard(shard_dir(base_vdir, p.scene), vdir, p.scene).status == "committed":
                 summary.reused_scenes.append(p.scene)
                 summary.reused_from = base["id"]
             else:  # committed meanwhile by another run
@@ -581,8 +644,8 @@ def count_failures(summary: RunSummary, vdir: Path, plans: Sequence[ScenePlan]) 
     run's scenes (whichever run committed them)."""
     summary.failed_sweeps = summary.warnings = 0
     for p in plans:
-        if st.is_committed(vdir, p.scene):
-            errors, warnings = st.shard_failures(vdir, p.scene)
+        if is_committed(vdir, p.scene):
+            errors, warnings = shard_failures(vdir, p.scene)
             summary.failed_sweeps += errors
             summary.warnings += warnings
 
@@ -754,9 +817,9 @@ def _run_tasks(todo, vdir, cfg_dict, backend, seed, dataroot, summary, workers, 
 
 
 def _write_run_record(vdir: Path, summary: RunSummary, argv) -> None:
-    """A new record in ``runs/`` (:func:`data_catalog.store.write_run_record`: every run's is kept)."""
+    """A new record in ``runs/`` (:func:`data_catalog.versions.write_run_record`: every run's is kept)."""
     from datetime import datetime, timezone
 
-    st.write_run_record(vdir, {"finished": datetime.now(timezone.utc).isoformat(), "host": socket.gethostname(),
-                               "pid": os.getpid(), "command": list(argv) if argv is not None else sys.argv,
-                               "summary": summary.to_dict()})
+    write_run_record(vdir, {"finished": datetime.now(timezone.utc).isoformat(), "host": socket.gethostname(),
+                            "pid": os.getpid(), "command": list(argv) if argv is not None else sys.argv,
+                            "summary": summary.to_dict()})

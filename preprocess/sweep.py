@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from preprocess.augment import AugmentConfig, sample_views
-from preprocess.cluster import ClusterConfig, cluster_nonground
+from preprocess.cluster import ClusterConfig, cluster_nonground, reattach_low_points
 from preprocess.ground import GroundConfig, GroundResult, fit_ground
 from preprocess.pooling import REASONS, PoolingConfig, PoolingResult, pool_regions
 from preprocess.project import Projection, ProjectConfig, project_points
@@ -338,6 +338,10 @@ def process_sweep(
 
         nonground = int(m - g.sum())
         lab = cluster_nonground(xyz, g, cfg.cluster, backend=backend)  # (m,) int32, ground -1
+        if cfg.cluster.reattach_radius > 0:  # ground points under a cluster's lowest points join it
+            lab, g = reattach_low_points(xyz, g, lab, cfg.cluster)
+            ground_result = dataclasses.replace(ground_result, mask=g)
+            ground[idx] = g
         labels[idx] = lab
         clusters = int(lab.max()) + 1 if lab.size else 0
         noise = int(((lab < 0) & ~g).sum())

@@ -14,17 +14,15 @@ What this adds to the devkit:
   clear error on a truncated file).
 * :func:`project_points`, a small numpy projection for tests and docs (the fast kernel lives in
   ``preprocess/project.py``).
-* :func:`gt_submission` and :func:`evaluate_detection`: a detection submission in the nuScenes result format built
-  from the ground truth, and devkit's ``DetectionEval`` run on a submission (later training code writes the same
-  format).
+* :func:`render_points_on_image`, points drawn over a camera image for docs.
+
+Detection submissions and devkit's ``DetectionEval`` live in :mod:`train.eval.detection`.
 
 Conventions (as :mod:`shared.records`): ``a2b`` 4x4 float64 maps points in frame ``a`` to frame ``b``;
 timestamps in microseconds.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -435,138 +433,8 @@ def project_points(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Detection submissions and devkit's DetectionEval
+# Drawing (docs and visual checks)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def split_sample_tokens(nusc: "NuScenes", split: str) -> list[str]:
-    """Tokens of the samples whose scene is in devkit's split ``split`` (``mini_val``, ``val``, ...), in table
-    order; :class:`InputError` when the split is unknown or none of its scenes is in this dataroot."""
-    from nuscenes.utils.splits import create_splits_scenes
-
-    splits = create_splits_scenes()
-    if split not in splits:
-        raise InputError(f"unknown split {split!r}; devkit splits: {', '.join(sorted(splits))}", nusc.dataroot)
-    names = set(splits[split])
-    scenes = {s["token"] for s in nusc.scene if s["name"] in names}
-    if not scenes:
-        raise InputError(f"no scene of split {split!r} in {nusc.version}", nusc.dataroot)
-    return [s["token"] for s in nusc.sample if s["scene_token"] in scenes]
-
-
-def gt_submission(nusc: "NuScenes", split: str, score: float = 1.0, skip_empty: bool = True) -> dict:
-    """The ground truth of ``split`` as a detection submission in the nuScenes result format.
-
-    ``{"meta": {...}, "results": {sample_token: [box dict, ...]}}`` with every sample of the split present.
-    Each annotation whose category maps to a detection class (``category_to_detection_name``) becomes a box with
-    the annotation's translation/size/rotation, velocity (vx, vy) from ``nusc.box_velocity`` (NaN where devkit
-    cannot estimate one), its attribute name ('' when none) and ``detection_score = score``.
-
-    ``skip_empty``: leave out annotations with no LiDAR and no radar point. ``DetectionEval`` drops those from
-    the ground truth but cannot drop predictions by point count, so submitting them would count them as false
-    positives (on the generated ``tiny`` mini_val that costs the car class a quarter of its AP).
-    """
-    from nuscenes.eval.detection.utils import category_to_detection_name
-
-    attr_name = {a["token"]: a["name"] for a in nusc.attribute}
-    results: dict[str, list[dict]] = {}
-    for token in split_sample_tokens(nusc, split):
-        boxes = []
-        for ann_token in nusc.get("sample", token)["anns"]:
-            ann = nusc.get("sample_annotation", ann_token)
-            name = category_to_detection_name(ann["category_name"])
-            if name is None:
-                continue
-            if skip_empty and ann["num_lidar_pts"] + ann["num_radar_pts"] == 0:
-                continue
-            attrs = ann["attribute_tokens"]
-            boxes.append(
-                {
-                    "sample_token": token,
-                    "translation": [float(v) for v in ann["translation"]],
-                    "size": [float(v) for v in ann["size"]],
-                    "rotation": [float(v) for v in ann["rotation"]],
-                    "velocity": [float(v) for v in nusc.box_velocity(ann_token)[:2]],
-                    "detection_name": name,
-                    "detection_score": float(score),
-                    "attribute_name": attr_name[attrs[0]] if attrs else "",
-                }
-            )
-        results[token] = boxes
-    meta = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": False}
-    return {"meta": meta, "results": results}
-
-
-def write_submission(submission: Mapping[str, Any], path: str | Path) -> Path:
-    """Write a submission dict as JSON (NaN velocities written as ``NaN``, which devkit reads back)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(submission))
-    return path
-
-
-@contextlib.contextmanager
-def _tolerate_empty_predictions():
-    """devkit 1.2.0's ``filter_eval_boxes`` raises ``Exception('Invalid box type: None')`` on a box set with no box
-    at all (it looks at the first box to learn the class field). Filtering an empty set yields the empty set, so
-    skip it there."""
-    import nuscenes.eval.detection.evaluate as ev
-
-    original = ev.filter_eval_boxes
-
-    def patched(nusc, eval_boxes, max_dist, verbose=False):
-        if all(len(b) == 0 for b in eval_boxes.boxes.values()):
-            return eval_boxes
-        return original(nusc, eval_boxes, max_dist, verbose=verbose)
-
-    ev.filter_eval_boxes = patched
-    try:
-        yield
-    finally:
-        ev.filter_eval_boxes = original
-
-
-def evaluate_detection(
-    nusc: "NuScenes",
-    submission: Mapping[str, Any] | str | Path,
-    eval_set: str,
-    output_dir: str | Path,
-    config: str = "detection_cvpr_2019",
-    verbose: bool = False,
-) -> dict:
-    """Run devkit's ``DetectionEval`` (``config_factory(config)``) on a submission (dict or JSON path).
-
-    Returns the metrics summary dict (``mean_ap``, ``nd_score``, ``tp_errors``, ``mean_dist_aps``,
-    ``label_tp_errors``, ...), also written to ``output_dir/metrics_summary.json``. Curves are not rendered.
-    A submission must list every sample of ``eval_set`` (possibly with no boxes): else :class:`InputError`.
-    """
-    from nuscenes.eval.common.config import config_factory
-    from nuscenes.eval.detection.evaluate import DetectionEval
-
-    output_dir = Path(output_dir)
-    if isinstance(submission, (str, Path)):
-        result_path = Path(submission)
-        if not result_path.is_file():
-            raise InputError("submission file not found", result_path)
-        submission = json.loads(result_path.read_text())
-    else:
-        result_path = write_submission(submission, output_dir / "submission.json")
-    expected = set(split_sample_tokens(nusc, eval_set))
-    given = set(submission.get("results", {}))
-    if given != expected:
-        raise InputError(
-            f"submission must list exactly the {len(expected)} samples of {eval_set!r}: "
-            f"{len(expected - given)} missing, {len(given - expected)} not in the split",
-            result_path,
-        )
-    with _tolerate_empty_predictions(), contextlib.ExitStack() as stack:
-        if not verbose:  # DetectionEval.main prints its table whatever `verbose` says; load_gt shows a tqdm bar
-            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-        ev = DetectionEval(nusc, config=config_factory(config), result_path=str(result_path), eval_set=eval_set,
-                           output_dir=str(output_dir), verbose=verbose)
-        summary = ev.main(plot_examples=0, render_curves=False)
-    return summary
 
 
 def render_points_on_image(

@@ -39,6 +39,18 @@ def synth_root(tmp_path_factory) -> tuple[Path, str]:
     return Path(dataroot), version
 
 
+@pytest.fixture(scope="session")
+def synth_nusc(synth_root):
+    """devkit ``NuScenes`` over the generated dataroot, opened (and link-checked) by calico's reader.
+
+    Shared by the session: tests must not modify it.
+    """
+    from shared.nuscenes_io import open_nuscenes
+
+    dataroot, version = synth_root
+    return open_nuscenes(dataroot, version)
+
+
 def tree_state(root: Path) -> dict[str, tuple[int, int]]:
     """(size, mtime_ns) of every file under ``root``, by relative path."""
     return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)

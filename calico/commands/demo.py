@@ -139,7 +139,7 @@ def demo(
 
     # 7. the evaluation path
     if evaluate:
-        from shared.nuscenes_io import evaluate_detection, gt_submission
+        from train.eval.detection import evaluate_detection, gt_submission
 
         split = "mini_val" if "mini" in version else "val"
         metrics = evaluate_detection(nusc, gt_submission(nusc, split), split, workdir / "eval")

@@ -2,7 +2,9 @@
 
 ``calico preprocess sweep FILE`` runs ground removal, DBSCAN, semantic pooling, camera projection (with
 ``--calib``) and the augmentation sampling on one point file, prints per-stage timings and statistics, and with
-``--save`` writes the per-point results to an ``.npz``. Heavy imports (numba kernels) happen inside the command.
+``--save`` writes the per-point results to an ``.npz``. ``calico preprocess tune`` scores the pipeline over a grid
+of settings against a dataroot's annotated objects (:mod:`preprocess.tune`). Heavy imports (numba kernels) happen
+inside the commands.
 """
 from __future__ import annotations
 
@@ -155,6 +157,77 @@ def _print_table(report: dict) -> None:
     console.print(st)
     if report["saved"]:
         console.print(f"saved {report['saved']}")
+
+
+@app.command("tune")
+def tune(
+    grid: List[str] = typer.Option(
+        ..., "--grid", help="A grid axis section.field=v1,v2,... (repeatable; the grid is their Cartesian "
+                            "product), e.g. --grid cluster.eps=0.5,0.75,1.0."),
+    dataroot: Optional[Path] = typer.Option(None, "--dataroot", callback=checks.folder,
+                                            help="nuScenes dataroot with annotations (default $NUSCENES or "
+                                                 "/data/sets/nuscenes)."),
+    version: str = typer.Option("v1.0-trainval", "--version", help="nuScenes version folder, e.g. v1.0-mini."),
+    scenes: Optional[str] = typer.Option(None, "--scenes", help="Comma-separated scene names (default: all)."),
+    sample: Optional[int] = typer.Option(None, "--sample", help="Keyframes to score, drawn once with --seed and "
+                                                                "shared by every setting (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the keyframe sample."),
+    overrides: Optional[List[str]] = typer.Option(
+        None, "--set", help="Base config override section.field=value (repeatable), as for preprocess run."),
+    workers: int = typer.Option(2, "--workers", help="Worker processes of the local Dask cluster "
+                                                     "(0: in this process, no Dask)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler "
+                                                                      "(tcp://host:8786) instead."),
+    connect_timeout: float = typer.Option(10.0, "--connect-timeout", help="Seconds to wait for --scheduler to "
+                                                                          "answer and for a first worker."),
+    backend: str = typer.Option("cpu", "--backend", help="auto|cpu|gpu for ground removal and DBSCAN."),
+    min_points: int = typer.Option(20, "--min-points", help="Objects count with at least this many points."),
+    out: Optional[Path] = typer.Option(None, "--out", callback=checks.out_folder,
+                                       help="Write tune.csv, tune.json and tune.md into this folder."),
+    best: Optional[str] = typer.Option(None, "--best", help="recall: print the `calico preprocess run` command "
+                                                            "of the highest recall; pareto: those of the Pareto "
+                                                            "front."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of tables."),
+) -> None:
+    """Run the per-sweep pipeline over a grid of settings on a sample of annotated keyframes and score each
+    setting's regions against the boxes: recall, purity, over/under-segmentation, regions and ms per sweep,
+    recall by class; the Pareto front (recall, purity, ms) is marked *. Each row gives the --set flags that
+    reproduce it with `calico preprocess run`."""
+    from preprocess.tune import BEST, best_rows, markdown_table, run_command, tune as run_tune, write_outputs
+    from shared.errors import ConfigError
+    from shared.paths import default_nuscenes_dataroot
+    from shared.region_quality import RecoveryRule
+
+    from calico.commands.output import to_stderr
+
+    if best is not None and best not in BEST:
+        raise ConfigError("--best", best, f"expected one of {', '.join(BEST)}")
+    if min_points < 1:
+        raise ConfigError("--min-points", min_points, "must be an integer >= 1")
+    rule = RecoveryRule(min_points=min_points)
+    names = [s.strip() for s in scenes.split(",") if s.strip()] if scenes else None
+    root = dataroot if dataroot is not None else default_nuscenes_dataroot()
+    result = run_tune(root, version, grid, overrides or [], scenes=names, sample=sample, seed=seed,
+                      workers=workers, scheduler=scheduler, connect_timeout=connect_timeout, backend=backend,
+                      rule=rule, progress=progress, log=to_stderr)
+    written = write_outputs(result, out) if out is not None else []
+    chosen = best_rows(result.rows, best) if best is not None else []
+    if as_json:
+        d = result.to_dict()
+        d["written"] = [str(p) for p in written]
+        d["best"] = [{"setting": r.setting, "command": run_command(r.flags, result.dataroot, result.version)}
+                     for r in chosen]
+        typer.echo(json.dumps(d, indent=1, default=str))
+        return
+    typer.echo(result.sample_line())
+    typer.echo("")
+    typer.echo(markdown_table(result.rows), nl=False)
+    if written:
+        typer.echo(f"\nwrote {', '.join(str(p) for p in written)}")
+    for r in chosen:
+        typer.echo(f"\n# setting {r.setting} ({best}): recall {r.recall:.3f}, purity {r.purity:.3f}, "
+                   f"{r.ms_per_sweep:.2f} ms / sweep\n{run_command(r.flags, result.dataroot, result.version)}")
 
 
 # `calico preprocess run|verify`: the distributed stage and the store check (see calico/commands/store.py)

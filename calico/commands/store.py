@@ -97,14 +97,14 @@ def verify(
 ) -> None:
     """Check every shard against its manifest (counts and checksums); name missing and corrupt shards.
     Exit status 1 when anything is missing or corrupt."""
-    from data_catalog import store as st
     from data_catalog.reader import open_version
     from data_catalog.verify import verify_version
+    from data_catalog.versions import version_dirs
 
     if version is not None:
         paths = [open_version(store, version).path]
     else:
-        paths = st.version_dirs(store)  # also those whose version.json does not parse: verify says so
+        paths = version_dirs(store)  # also those whose version.json does not parse: verify says so
         if not paths:
             from shared.errors import InputError
 
@@ -147,15 +147,16 @@ def list_versions(
     """List the versions of a store (oldest first) with their parameters' differences from the defaults."""
     from rich.table import Table
 
-    from data_catalog import store as st
+    from data_catalog import versions
+    from data_catalog.layout import committed_scenes, version_dir
 
     rows = []
-    for d in st.list_versions(store):
+    for d in versions.list_versions(store):
         spec = d["spec"]
-        vdir = st.version_dir(store, d["id"])
+        vdir = version_dir(store, d["id"])
         rows.append({"id": d["id"], "created": d.get("created", ""), "dataset": spec["dataset_version"],
                      "sweeps": spec["sweeps"], "seed": spec["seed"],
-                     "scenes": f"{len(st.committed_scenes(vdir))}/{len(d.get('scenes', []))}",
+                     "scenes": f"{len(committed_scenes(vdir))}/{len(d.get('scenes', []))}",
                      "params": _non_default(spec["config"])})
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
@@ -216,9 +217,13 @@ def stats(
     version: Optional[str] = typer.Argument(None, help="Version id or unique prefix (default: latest)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
 ) -> None:
-    """Per-scene statistics of a version (derived from its shards' tables)."""
+    """Per-scene statistics of a version (derived from its shards' tables) and, when its keyframes were audited
+    against annotated objects, the audit: recall by class and distance band, purity, over- and
+    under-segmentation, ground share and the kinds of misses (ratios of sums over the audited keyframes). --json:
+    the per-scene rows (audit columns included)."""
     from rich.table import Table
 
+    from data_catalog import audit
     from data_catalog.reader import open_version
 
     v = open_version(store, version)
@@ -226,16 +231,38 @@ def stats(
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
+    summ = audit.summary(rows)
     cols = [("scene", "{}"), ("sweeps", "{:,}"), ("errors", "{:,}"), ("points", "{:,}"),
             ("ground_fraction", "{:.3f}"), ("noise_fraction", "{:.3f}"), ("clusters_mean", "{:.1f}"),
             ("regions_kept_mean", "{:.1f}"), ("region_size_p50_median", "{:.0f}"), ("t_total_ms", "{:.0f}"),
             ("bytes_per_point", "{:.2f}")]
+    cols += [("audit_recall", "{:.3f}"), ("audit_purity", "{:.3f}")] if summ.audited else []
     t = Table(title=f"version {v.id}: {len(rows)} scene(s)", header_style="bold")
     for name, _ in cols:
-        t.add_column(name, justify="left" if name == "scene" else "right")
+        t.add_column(name.replace("audit_", ""), justify="left" if name == "scene" else "right")
     for r in rows:
-        t.add_row(*[fmt.format(r[name]) for name, fmt in cols])
+        t.add_row(*[fmt.format(r[name]) if r[name] is not None else "-" for name, fmt in cols])
     _console().print(t)
+    for line in audit_lines(summ):
+        typer.echo(line)
+
+
+def audit_lines(summ) -> list[str]:
+    """The audit of ``summ`` (:class:`data_catalog.audit.AuditSummary`) as lines of text."""
+    from data_catalog.audit import fmt_rate
+
+    o = summ.overall
+    if not summ.audited:
+        return ["audit: none (no annotated keyframes: the dataroot has no sample_annotation rows)"]
+    out = [f"audit over {o['audited_sweeps']} keyframe(s): recall {fmt_rate(o['audit_recall'])} "
+           f"({o['audit_recovered']}/{o['audit_objects']} objects), purity {fmt_rate(o['audit_purity'])}, "
+           f"over-segmentation {fmt_rate(o['audit_over_seg'])}, "
+           f"under-segmentation {fmt_rate(o['audit_under_seg'])}, ground share {fmt_rate(o['audit_ground_share'])}"]
+    for title, table in (("class", summ.by_class), ("distance (m)", summ.by_band)):
+        out.append(f"  recall by {title}: " + ", ".join(f"{k} {fmt_rate(rec, 2)} ({r}/{n})"
+                                                       for k, (n, r, rec) in table.items()))
+    out.append("  misses: " + (", ".join(f"{k} {n}" for k, n in summ.misses.items()) or "none"))
+    return out
 
 
 @catalog_app.command("errors")
@@ -248,14 +275,15 @@ def errors(
     """The failed sweeps (level error: not in the store) and warnings (kept without something, e.g. a camera
     image) of a version, read from its shards: one line each, level, scene, sweep token, stage, file, reason.
     Exit status 0 (the listing is the answer; `calico preprocess run` exits 1 while failures exist)."""
-    from data_catalog import store as st
+    from data_catalog.layout import ERRORS_TABLE
     from data_catalog.reader import open_version
+    from data_catalog.tables import LEVELS, read_shard_tables
     from shared.errors import ConfigError
 
-    if level is not None and level not in st.LEVELS:
-        raise ConfigError("--level", level, f"expected one of {', '.join(st.LEVELS)}")
+    if level is not None and level not in LEVELS:
+        raise ConfigError("--level", level, f"expected one of {', '.join(LEVELS)}")
     v = open_version(store, version)
-    rows = [r for r in st.read_shard_tables(v.path, st.ERRORS_TABLE).to_pylist()
+    rows = [r for r in read_shard_tables(v.path, ERRORS_TABLE).to_pylist()
             if level is None or r["level"] == level]
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
@@ -277,8 +305,10 @@ def diff(
     store: Path = typer.Option(..., "--store", callback=checks.folder, help="Store folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Differences between two versions: their spec (parameters, sweeps, seed, inputs, code) and, per scene
-    committed in both, the change of the main statistics."""
+    """Differences between two versions: their spec (parameters, sweeps, seed, inputs, code), per scene
+    committed in both the change of the main statistics, and the audit of both (recall overall, per class and
+    distance band, purity, over/under-segmentation, ground share: a, b and the change b - a)."""
+    from data_catalog import audit
     from data_catalog.reader import open_version
     from data_catalog.version import diff_specs
 
@@ -289,7 +319,8 @@ def diff(
     keys = ("ground_fraction", "noise_fraction", "clusters_mean", "regions_kept_mean", "region_size_p50_median")
     scenes = {s: {k: [ra[s][k], rb[s][k]] for k in keys} for s in sorted(set(ra) & set(rb))}
     doc = {"a": va.id, "b": vb.id, "spec": spec, "scenes": scenes,
-           "only_in_a": sorted(set(ra) - set(rb)), "only_in_b": sorted(set(rb) - set(ra))}
+           "only_in_a": sorted(set(ra) - set(rb)), "only_in_b": sorted(set(rb) - set(ra)),
+           "audit": audit_diff(audit.summary(ra.values()), audit.summary(rb.values()))}
     if as_json:
         typer.echo(json.dumps(doc, indent=1))
         return
@@ -308,6 +339,33 @@ def diff(
     for s, vals in scenes.items():
         t.add_row(s, *[f"{x:.3g} -> {y:.3g}" for x, y in vals.values()])
     c.print(t)
+    if not doc["audit"]:
+        typer.echo("audit: neither version was audited (no annotated keyframes)")
+        return
+    t = Table(title="audit (a -> b, change)", header_style="bold")
+    for col in ("measure", "a", "b", "change"):
+        t.add_column(col, justify="left" if col == "measure" else "right")
+    for k, (x, y, d) in doc["audit"].items():
+        t.add_row(k, audit.fmt_rate(x), audit.fmt_rate(y), "-" if d is None else f"{d:+.3f}")
+    c.print(t)
+
+
+def audit_diff(a, b) -> dict[str, list]:
+    """{measure: [a, b, b - a]} of two :class:`data_catalog.audit.AuditSummary`: recall, purity, over/under-
+    segmentation, ground share, then recall per class and per distance band present in either (None where a
+    version has no value); empty when neither was audited."""
+    if not (a.audited or b.audited):
+        return {}
+    out = {}
+    names = {"recall": "audit_recall", "purity": "audit_purity", "over_segmentation": "audit_over_seg",
+             "under_segmentation": "audit_under_seg", "ground_share": "audit_ground_share"}
+    pairs = [(k, a.overall.get(c), b.overall.get(c)) for k, c in names.items()]
+    for title, ta, tb in (("class", a.by_class, b.by_class), ("band", a.by_band, b.by_band)):
+        pairs += [(f"recall {title} {k}", ta.get(k, (0, 0, None))[2], tb.get(k, (0, 0, None))[2])
+                  for k in list(ta) + [k for k in tb if k not in ta]]
+    for k, x, y in pairs:
+        out[k] = [x, y, None if x is None or y is None else y - x]
+    return out
 
 
 @catalog_app.command("report")
@@ -322,16 +380,19 @@ def report(
                                                                       "(repeatable; default: --n-sweeps picked)."),
     n_sweeps: int = typer.Option(4, "--n-sweeps", help="Sweeps picked for bird's-eye pictures when no "
                                                        "--sweeps is given (spread over the scenes)."),
+    n_worst: int = typer.Option(4, "--n-worst", help="Audited sweeps of lowest recall drawn with their boxes "
+                                                     "(0: none)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Write a static, self-contained HTML page of a version: spec, counts, per-scene statistics, errors,
-    plots (region sizes, ground fraction and clusters per scene) and bird's-eye pictures of regions; then the
+    plots (region sizes, ground fraction and clusters per scene), the audit (recall by class and distance, the
+    worst sweeps with their boxes) and bird's-eye pictures of regions; then the
     folder's index.html, every version of the store linked to its page."""
-    from data_catalog import store as st
+    from data_catalog import versions
     from data_catalog.report import ReportConfig, write_index, write_report
 
-    cfg = ReportConfig(sweeps=tuple(sweeps or ()), n_sweeps=n_sweeps)
-    ids = [d["id"] for d in st.list_versions(store)] if all_versions else [version]
+    cfg = ReportConfig(sweeps=tuple(sweeps or ()), n_sweeps=n_sweeps, n_worst=n_worst)
+    ids = [d["id"] for d in versions.list_versions(store)] if all_versions else [version]
     if all_versions and version is not None:
         from shared.errors import ConfigError
 

@@ -6,6 +6,7 @@ real fixture scans (``shared.paths.fixtures_dir()``, skipped where absent):
 * ``synth_bev.png``: bird's-eye views of a real sweep and generated sweeps, coloured by height;
 * ``synth_pointcloud_in_image.jpg``: devkit's ``render_pointcloud_in_image`` of a generated keyframe;
 * ``synth_cameras.jpg``: the six camera images of a generated keyframe;
+* ``synth_map.png``: the devkit's ``render_map_patch`` of the map expansion around a keyframe beside its CAM_FRONT;
 
 and prints a markdown table of :func:`shared.synth.stats.sweep_stats`, real scans next to generated ones.
 """
@@ -82,6 +83,49 @@ def object_points_table(nusc) -> str:
     return "\n".join(lines)
 
 
+#: Map layers of the map picture (the six map-segmentation layers).
+MAP_LAYERS = ("drivable_area", "carpark_area", "walkway", "ped_crossing", "stop_line", "road_divider", "lane_divider")
+
+
+def map_figure(nusc, sample_token: str, out: Path, half: float = 40.0) -> None:
+    """The map expansion around a keyframe's ego position (``half`` m each way, devkit ``render_map_patch``, ego
+    marked with its heading) beside the keyframe's CAM_FRONT image, as one small PNG."""
+    import cv2
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nuscenes.map_expansion.map_api import NuScenesMap
+
+    from shared import devkit_compat
+
+    devkit_compat.enable()
+    sample = nusc.get("sample", sample_token)
+    log = nusc.get("log", nusc.get("scene", sample["scene_token"])["log_token"])
+    sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+    pose = nusc.get("ego_pose", sd["ego_pose_token"])
+    x, y = pose["translation"][:2]
+    w, _, _, z = pose["rotation"]
+    yaw = 2 * np.arctan2(z, w)
+    nmap = NuScenesMap(nusc.dataroot, log["location"])
+    fig, ax = nmap.render_map_patch((x - half, y - half, x + half, y + half), list(MAP_LAYERS), alpha=0.6,
+                                    figsize=(4, 4), render_legend=True)
+    ax.arrow(x, y, 5 * np.cos(yaw), 5 * np.sin(yaw), width=0.8, color="k", zorder=10)
+    ax.set_title(f"{log['location']} map expansion, ego at the arrow", fontsize=8)
+    tmp = out.with_name("_map.png")
+    fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    mp = cv2.imread(str(tmp))
+    tmp.unlink()
+    cam = cv2.imread(nusc.get_sample_data_path(sample["data"]["CAM_FRONT"]))
+    h = mp.shape[0]
+    cam = cv2.resize(cam, (int(cam.shape[1] * h / cam.shape[0]), h), interpolation=cv2.INTER_AREA)
+    from PIL import Image
+
+    rgb = cv2.cvtColor(np.hstack([mp, cam]), cv2.COLOR_BGR2RGB)
+    Image.fromarray(rgb).quantize(colors=96).save(out, optimize=True)  # a palette PNG: small in the docs
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataroot", type=Path, required=True)
@@ -135,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         ims.append(cv2.resize(im, (400, 225), interpolation=cv2.INTER_AREA))
     mosaic = np.vstack([np.hstack(ims[:3]), np.hstack(ims[3:])])
     cv2.imwrite(str(args.out / "synth_cameras.jpg"), mosaic, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    map_figure(nusc, sample["token"], args.out / "synth_map.png")
 
     rows = [(f"real {p.name[:4]}", sweep_stats(_load(p))) for p in real]
     syn = [sweep_stats(_load(p)) for p in synth_paths]

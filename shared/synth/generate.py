@@ -1,4 +1,5 @@
-"""Write a synthetic nuScenes-format dataroot: tables, LiDAR sweeps, camera images and map rasters."""
+"""Write a synthetic nuScenes-format dataroot: tables, LiDAR sweeps, camera images, map rasters and the map
+expansion."""
 from __future__ import annotations
 
 import itertools
@@ -19,6 +20,7 @@ from shared.records import CAMERAS
 from shared.synth.camera import ground_polygons, render_image, scaled_intrinsic
 from shared.synth.config import CAMERA_RIG, LIDAR2EGO, SynthConfig, resolve_config
 from shared.synth.lidar import AZIMUTH_START, HIT_PRIM, cast_sweep, to_points
+from shared.synth.map_expansion import SceneMap, expansion_bytes, scene_map
 from shared.synth.tables import (
     LOCATIONS,
     constant_tables,
@@ -171,7 +173,9 @@ def ensure_all_classes(world: World, rng: np.random.Generator, key_times,
     return world, {c for c in CLASS_RANGE if c not in seen}
 
 
-def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T: _Tables, bar) -> None:
+def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T: _Tables,
+                 bar) -> tuple[str, SceneMap]:
+    """Write one scene's files and table rows; return its location and map layers."""
     rng = np.random.default_rng([seed, idx])
     spk = cfg.sweeps_per_keyframe
     period = 1.0 / cfg.lidar_hz
@@ -314,6 +318,7 @@ def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T
     T.add("scene", token=scene_tok, log_token=log_tok, nbr_samples=len(samples),
           first_sample_token=samples[0]["token"], last_sample_token=samples[-1]["token"], name=name,
           description=f"calico synthetic scene, {world.kind} road, seed {seed}")
+    return loc, scene_map(world, np.random.default_rng([seed, idx, 1]))
 
 
 def _check_out(out: Path) -> None:
@@ -345,7 +350,7 @@ def generate(out: Path, preset: str | SynthConfig = "tiny", scenes: int | None =
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        for sub in ["maps", "samples/LIDAR_TOP", "sweeps/LIDAR_TOP"] + [f"samples/{c}" for c in CAMERAS]:
+        for sub in ["maps/expansion", "samples/LIDAR_TOP", "sweeps/LIDAR_TOP"] + [f"samples/{c}" for c in CAMERAS]:
             (tmp / sub).mkdir(parents=True, exist_ok=True)
         rows: dict[str, list[dict]] = {n: [] for n in ("calibrated_sensor", "ego_pose", "instance", "log", "map",
                                                        "sample", "sample_annotation", "sample_data", "scene")}
@@ -354,8 +359,12 @@ def generate(out: Path, preset: str | SynthConfig = "tiny", scenes: int | None =
         names = scene_names(cfg.scenes, cfg.is_mini)
         total = cfg.scenes * cfg.sweeps_per_scene
         with tqdm(total=total, desc=f"synth {cfg.name}", unit="sweep", disable=not progress) as bar:
+            maps: dict[str, list[SceneMap]] = {}
             for i, name in enumerate(names):
-                _write_scene(tmp, cfg, seed, i, name, T, bar)
+                loc, sm = _write_scene(tmp, cfg, seed, i, name, T, bar)
+                maps.setdefault(loc, []).append(sm)
+        for loc, scene_maps in maps.items():
+            (tmp / "maps" / "expansion" / f"{loc}.json").write_bytes(expansion_bytes(scene_maps, seed, loc))
         write_tables(tmp / cfg.version, rows)
         _check_out(out)
         if out.exists():

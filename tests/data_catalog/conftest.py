@@ -58,17 +58,18 @@ def fake_sweep(rng: np.random.Generator, n: int, token: str, cameras=None, nan_r
 @pytest.fixture
 def make_shard(tmp_path):
     """make_shard(scene, sizes, seed) -> (version_dir, [(SweepInput, result)], CommitResult)."""
-    from data_catalog import store as st
+    from data_catalog.format import SweepInput
+    from data_catalog.writer import ShardWriter
 
     def make(scene="scene-a", sizes=(500, 1200, 0, 300), seed=0, vdir=None):
         vdir = tmp_path / "v" if vdir is None else vdir
         rng = np.random.default_rng(seed)
-        w = st.ShardWriter(vdir, scene)
+        w = ShardWriter(vdir, scene)
         items = []
         for i, n in enumerate(sizes):
             pts, res, cams = fake_sweep(rng, n, f"tok{i}", nan_rows=3 if n >= 3 else 0)
-            sw = st.SweepInput(token=f"{scene}-tok{i}", points=pts, timestamp=1000 + i, path=f"s/{i}.pcd.bin",
-                               lidar2ego=np.eye(4), ego2global=np.eye(4) * (i + 1), cameras=cams)
+            sw = SweepInput(token=f"{scene}-tok{i}", points=pts, timestamp=1000 + i, path=f"s/{i}.pcd.bin",
+                            lidar2ego=np.eye(4), ego2global=np.eye(4) * (i + 1), cameras=cams)
             w.add(sw, res, backend="cpu", load_ms=0.5)
             items.append((sw, res))
         w.add_error(f"{scene}-bad", "s/bad.pcd.bin", "truncated", "load")

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from data_catalog import gc
-from data_catalog import store as st
+from data_catalog.layout import shard_dir, version_dir
+from data_catalog.tables import finalize
+from data_catalog.versions import create_version, list_versions
+from data_catalog.writer import link_shard
 from shared.errors import ConfigError, InputError
 
 OLD = time.time() - 3600  # an hour ago: older than any grace period used here
@@ -42,23 +45,23 @@ def store(tmp_path, make_shard):
     for k in range(4):
         spec = VersionSpec(dataset_version="v1.0-mini", manifest_sha256="m", config={}, sweeps="keyframes",
                            seed=k, code_sha256="c")
-        vdir, _ = st.create_version(root, spec, {"scenes": ["scene-a"]})
+        vdir, _ = create_version(root, spec, {"scenes": ["scene-a"]})
         make_shard(scene="scene-a", sizes=(200 + 100 * k, 50), seed=k, vdir=vdir)
-        st.finalize(vdir)
+        finalize(vdir)
         ids.append(spec.id)
     _age(root)
     return root, ids
 
 
 def _ids(root: Path) -> list[str]:
-    return [d["id"] for d in st.list_versions(root)]
+    return [d["id"] for d in list_versions(root)]
 
 
 def test_keeps_what_is_asked_and_removes_the_rest(store):
     root, ids = store
     plan = gc.plan_gc(root, keep=(ids[0][:6],), keep_latest=1)
     assert [v.action for v in plan.versions] == ["keep", "remove", "remove", "keep"]
-    sizes = {v.id: gc.tree_bytes(st.version_dir(root, v.id)) for v in plan.versions}
+    sizes = {v.id: gc.tree_bytes(version_dir(root, v.id)) for v in plan.versions}
     assert plan.bytes_freed == sizes[ids[1]] + sizes[ids[2]] > 0
     res = gc.collect(root, plan)
     assert res.removed == [ids[1], ids[2]] and res.bytes_freed == plan.bytes_freed and not res.skipped
@@ -67,7 +70,7 @@ def test_keeps_what_is_asked_and_removes_the_rest(store):
     # what is left is intact
     from data_catalog.verify import verify_version
 
-    assert all(verify_version(st.version_dir(root, i)).ok for i in _ids(root))
+    assert all(verify_version(version_dir(root, i)).ok for i in _ids(root))
 
 
 def test_a_shard_hard_linked_into_a_kept_version_is_not_counted_as_freed(store):
@@ -76,15 +79,15 @@ def test_a_shard_hard_linked_into_a_kept_version_is_not_counted_as_freed(store):
     from data_catalog.verify import verify_shard
 
     root, ids = store
-    src = st.shard_dir(st.version_dir(root, ids[0]), "scene-a")
-    st.link_shard(src, st.version_dir(root, ids[3]), "scene-b")
+    src = shard_dir(version_dir(root, ids[0]), "scene-a")
+    link_shard(src, version_dir(root, ids[3]), "scene-b")
     linked = gc.tree_bytes(src)
     plan = gc.plan_gc(root, keep_latest=1)
     assert [v.id for v in plan.to_remove] == ids[:3]
     assert plan.bytes_freed == sum(v.bytes for v in plan.to_remove) - linked > 0
     res = gc.collect(root, plan)
     assert res.bytes_freed == plan.bytes_freed
-    assert verify_shard(st.shard_dir(st.version_dir(root, ids[3]), "scene-b")) == []
+    assert verify_shard(shard_dir(version_dir(root, ids[3]), "scene-b")) == []
 
 
 def test_latest_kept_by_default_and_only_removed_when_asked(store):
@@ -129,7 +132,7 @@ def test_a_crashed_gc_leaves_no_valid_looking_version_and_the_next_gc_cleans_it(
     trash = root / gc.TRASH
     trash.mkdir()
     half = trash / f"{ids[1]}-deadbeef"
-    os.rename(st.version_dir(root, ids[1]), half)
+    os.rename(version_dir(root, ids[1]), half)
     (half / "version.json").unlink()
     assert _ids(root) == [ids[0], ids[2], ids[3]]  # invisible to list/open_version already
     plan = gc.plan_gc(root, keep=(ids[0], ids[2]))
@@ -165,7 +168,7 @@ def test_a_kill_during_gc_leaves_whole_versions_only(store):
     assert len(left) == 1 and left[0].name.startswith(ids[0])  # the oldest, half deleted, in trash/
     assert _ids(root) == ids[1:]
     for vid in _ids(root):
-        assert verify_version(st.version_dir(root, vid)).ok
+        assert verify_version(version_dir(root, vid)).ok
     res = gc.collect(root, gc.plan_gc(root, keep_latest=1))
     assert res.trash_emptied == left and res.removed == ids[1:3]
     assert _ids(root) == [ids[3]] and not (root / gc.TRASH).exists()
@@ -180,7 +183,7 @@ def _tmp_shard(vdir: Path, pid: int, host: str | None = None) -> Path:
 
 def test_refuses_a_version_with_a_live_writer(store):
     root, ids = store
-    vdir = st.version_dir(root, ids[1])
+    vdir = version_dir(root, ids[1])
     _tmp_shard(vdir, os.getpid())  # this process is alive: a writer at work
     _age(vdir)
     plan = gc.plan_gc(root)
@@ -202,7 +205,7 @@ def test_dead_writer_leftovers_do_not_block(store):
     root, ids = store
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid is not running any more
-    vdir = st.version_dir(root, ids[1])
+    vdir = version_dir(root, ids[1])
     _tmp_shard(vdir, dead.pid)
     _age(vdir)
     assert gc.writer_activity(vdir) is None
@@ -211,7 +214,7 @@ def test_dead_writer_leftovers_do_not_block(store):
 
 def test_recent_activity_and_other_hosts_count_as_busy(store):
     root, ids = store
-    v1, v2 = st.version_dir(root, ids[1]), st.version_dir(root, ids[2])
+    v1, v2 = version_dir(root, ids[1]), version_dir(root, ids[2])
     (v1 / "shards" / "scene-a" / "manifest.json").touch()  # a shard committed just now, no .tmp left
     _tmp_shard(v2, 1, host="some-other-host")  # a writer elsewhere (pid unknowable), touched now
     assert "modified" in gc.writer_activity(v1, grace_s=600)
@@ -227,10 +230,10 @@ def test_a_writer_that_starts_after_the_plan_is_respected(store):
     root, ids = store
     plan = gc.plan_gc(root)
     assert ids[0] in [v.id for v in plan.to_remove]
-    _tmp_shard(st.version_dir(root, ids[0]), os.getpid())
+    _tmp_shard(version_dir(root, ids[0]), os.getpid())
     res = gc.collect(root, plan)
     assert ids[0] not in res.removed and "busy" in res.skipped[ids[0]]
-    assert st.version_dir(root, ids[0]).is_dir()
+    assert version_dir(root, ids[0]).is_dir()
 
 
 def test_two_gcs_at_once(store):

@@ -238,12 +238,17 @@ def _chromium(*args: str, tmp: Path, timeout: float = 60) -> subprocess.Complete
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
 
 
-def _blue_pixels(png: Path) -> int:
-    """Pixels of the histogram's bar colour (#3b75af) in a screenshot."""
+def _colour_pixels(png: Path, rgb: tuple[int, int, int]) -> int:
+    """Pixels of colour ``rgb`` (within 30 of it, summed over the channels) in a screenshot."""
     from PIL import Image
 
     a = np.asarray(Image.open(png).convert("RGB")).astype(int)
-    return int((np.abs(a - np.array([0x3B, 0x75, 0xAF])).sum(axis=2) < 30).sum())
+    return int((np.abs(a - np.array(rgb)).sum(axis=2) < 30).sum())
+
+
+def _blue_pixels(png: Path) -> int:
+    """Pixels of the histogram's bar colour (#3b75af) in a screenshot."""
+    return _colour_pixels(png, (0x3B, 0x75, 0xAF))
 
 
 @pytest.mark.browser
@@ -274,3 +279,65 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     r = _chromium(f"--screenshot={shot2}", "--window-size=1280,2000", broken.as_uri(), tmp=tmp_path)
     assert r.returncode == 0 and shot2.is_file(), r.stderr[-2000:]
     assert blue > 2000 and _blue_pixels(shot2) < blue / 20
+
+
+def _audit_section(text: str) -> str:
+    """The audit section of a report page as a page of its own (same head)."""
+    head = text[:text.index("<body>") + len("<body>")]
+    return head + text[text.index('<h2 id="audit-title">'):text.index('<h2 id="bev-title">')] + "</body></html>"
+
+
+def test_report_audit_section_matches_the_sweeps_table(report):
+    """The audit's numbers are the store's sweeps table's, the worst sweeps are the lowest-recall ones with at least
+    WORST_MIN_OBJECTS objects, drawn with every annotated box of the keyframe (devkit) and their misses marked."""
+    import pyarrow.parquet as pq
+
+    from data_catalog.report import WORST_MIN_OBJECTS
+    from shared.nuscenes_io import open_nuscenes
+
+    store, vid, res = report
+    text, page = _parse(res.path)
+    assert {"audit-title", "audit", "audit-classes", "audit-bands", "audit-misses", "audit-worst-title"} <= page.ids
+    rows = pq.read_table(Path(store) / "versions" / vid / "sweeps.parquet").to_pylist()
+    objects, recovered = sum(r["audit_objects"] for r in rows), sum(r["audit_recovered"] for r in rows)
+    assert f'data-key="recall" data-value="{recovered / objects}"' in text
+    assert f'data-key="objects" data-value="{objects}"' in text
+    car = sum(r["audit_objects_car"] for r in rows)
+    assert re.search(rf'<tr data-class="car"><td>car</td><td class="num">{car:,}</td>', text)
+    figs = [f for f in page.figures if f.get("class") == "bev-audit"]
+    eligible = sorted((r for r in rows if r["audit_objects"] >= WORST_MIN_OBJECTS),
+                      key=lambda r: (r["audit_recall"], -r["audit_objects"], r["scene"], r["index"]))
+    assert [f["data-token"] for f in figs] == [r["token"] for r in eligible[:ReportConfig().n_worst]]
+    info = open_version(store, vid).info["dataset"]
+    nusc = open_nuscenes(info["dataroot"], info["version"])
+    by_token = {r["token"]: r for r in rows}
+    for f in figs:
+        assert int(f["data-boxes"]) == len(nusc.get_sample_data(f["data-token"])[1])
+        r = by_token[f["data-token"]]
+        assert int(f["data-missed"]) == r["audit_objects"] - r["audit_recovered"]
+        assert float(f["data-recall"]) == r["audit_recall"]
+    assert sum(int(f["data-missed"]) for f in figs) > 0  # the browser test below looks for the misses' colour
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+def test_report_audit_section_renders_in_headless_chromium(report, tmp_path):
+    """Chromium builds the audit tables and draws the worst sweeps' pictures: the missed boxes' red is on screen,
+    and not when the same section's images are broken (so it comes from the decoded pictures)."""
+    _, _, res = report
+    dom = _chromium("--dump-dom", res.path.resolve().as_uri(), tmp=tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = _Page()
+    page.feed(dom.stdout)
+    assert {"audit", "audit-classes", "audit-bands", "audit-worst-title"} <= page.ids
+    assert [f for f in page.figures if f.get("class") == "bev-audit"]
+    section = _audit_section(res.path.read_text())
+    shots = []
+    for name, html_text in (("audit", section), ("broken", section.replace("data:image/png;base64,",
+                                                                             "data:image/png;base64,AAAA"))):
+        page_path, shot = tmp_path / f"{name}.html", tmp_path / f"{name}.png"
+        page_path.write_text(html_text)
+        r = _chromium(f"--screenshot={shot}", "--window-size=1280,4000", page_path.as_uri(), tmp=tmp_path)
+        assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+        shots.append(_colour_pixels(shot, (0xD6, 0x27, 0x28)))  # the missed boxes' red
+    assert shots[0] > 100 and shots[1] < shots[0] / 20

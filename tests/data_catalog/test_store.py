@@ -9,8 +9,16 @@ import sys
 import numpy as np
 import pytest
 
-from data_catalog import store as st
+from data_catalog import writer as shard_writer
+from data_catalog.format import (DEPTH_SCALE, UV_SCALE, XYZ_LIMIT, XYZ_SCALE, SweepInput, dequantise_xyz,
+                                 encode_sweep, float16_columns, quantise_xyz, region_summaries, to_uint16)
+from data_catalog.layout import (ERRORS_TABLE, MANIFEST, clean_stale_tmp, committed_scenes, file_table,
+                                 is_committed, read_manifest, shard_failures, tmp_dirs, write_file)
 from data_catalog.reader import Shard
+from data_catalog.tables import QUANTILE_NAMES, finalize, read_shard_tables, size_quantiles
+from data_catalog.versions import run_records, write_run_record
+from data_catalog.writer import ShardWriter, link_shard
+from shared.errors import InputError
 from shared.records import CAMERAS
 
 from .conftest import fake_sweep
@@ -31,15 +39,15 @@ def test_quantise_xyz_error_bound_and_flags():
     xyz[0] = (400.0, 0.0, 0.0)  # beyond the int16 range: clipped
     xyz[1] = (np.nan, 1.0, 2.0)
     xyz[2] = (np.inf, 1.0, 2.0)
-    q, finite, clipped = st.quantise_xyz(xyz)
+    q, finite, clipped = quantise_xyz(xyz)
     assert q.dtype == np.int16
     assert finite.tolist()[:3] == [True, False, False] and finite[3:].all()
     assert clipped[0] and not clipped[1:].any()
-    back = st.dequantise_xyz(q)
+    back = dequantise_xyz(q)
     ok = finite & ~clipped
     # half a centimetre, plus float32 rounding of the decoded value (<= 2e-5 m at 300 m)
-    assert np.abs(back[ok] - xyz[ok]).max() <= st.XYZ_SCALE / 2 + 4e-5
-    assert back[0, 0] == pytest.approx(st.XYZ_LIMIT, abs=1e-3)
+    assert np.abs(back[ok] - xyz[ok]).max() <= XYZ_SCALE / 2 + 4e-5
+    assert back[0, 0] == pytest.approx(XYZ_LIMIT, abs=1e-3)
     assert (q[1:3] == 0).all()
 
 
@@ -56,28 +64,28 @@ def test_float16_columns_bit_for_bit_as_numpy():
     pts = np.zeros((len(col), 5), np.float32)
     pts[:, 3] = col
     pts[:, 4] = col[::-1]
-    got = st.float16_columns(pts, 3)
+    got = float16_columns(pts, 3)
     with np.errstate(over="ignore"):
         want = pts[:, 3:].astype(np.float16)
     assert got.dtype == np.float16 and got.shape == want.shape
     np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
     # float64 input goes through numpy
-    np.testing.assert_array_equal(st.float16_columns(pts.astype(np.float64)[:100], 3), want[:100])
+    np.testing.assert_array_equal(float16_columns(pts.astype(np.float64)[:100], 3), want[:100])
 
 
 def test_to_uint16_matches_numpy_and_names_the_value():
     rng = np.random.default_rng(6)
     uv = rng.uniform(0, 1600, (5000, 2)).astype(np.float32)
     uv[:10] = np.array([0.0625, 0.1875, 0.3125, 1599.9375, 0.0, 8191.875, 4.5625, 2.4375, 3.0, 7.0625])[:, None]
-    np.testing.assert_array_equal(st._to_uint16(uv, st.UV_SCALE, "uv"),
-                                  np.round(uv.astype(np.float64) / st.UV_SCALE).astype(np.uint16))
+    np.testing.assert_array_equal(to_uint16(uv, UV_SCALE, "uv"),
+                                  np.round(uv.astype(np.float64) / UV_SCALE).astype(np.uint16))
     depth = np.array([0.004, 0.005, 0.015, 700.0, np.float32(655.35)], np.float32)
-    want = np.round(np.minimum(depth, 65535 * st.DEPTH_SCALE).astype(np.float64) / st.DEPTH_SCALE)
-    np.testing.assert_array_equal(st._to_uint16(depth, st.DEPTH_SCALE, "depth", clamp=65535 * st.DEPTH_SCALE),
+    want = np.round(np.minimum(depth, 65535 * DEPTH_SCALE).astype(np.float64) / DEPTH_SCALE)
+    np.testing.assert_array_equal(to_uint16(depth, DEPTH_SCALE, "depth", clamp=65535 * DEPTH_SCALE),
                                   want.astype(np.uint16))
     for bad in (-1.0, 9000.0, np.nan):
-        with pytest.raises(st.InputError, match="pixel coordinates out of the store's range"):
-            st._to_uint16(np.array([[1.0, bad]]), st.UV_SCALE, "pixel coordinates")
+        with pytest.raises(InputError, match="pixel coordinates out of the store's range"):
+            to_uint16(np.array([[1.0, bad]]), UV_SCALE, "pixel coordinates")
 
 
 def test_region_size_quantiles_equal_numpy():
@@ -87,9 +95,9 @@ def test_region_size_quantiles_equal_numpy():
         n = int(rng.integers(1, 400)) if trial > 2 else trial + 1
         sizes = (rng.integers(1, 5000, n) if trial % 2 else rng.exponential(100, n).astype(np.int64) + 1)
         want = np.quantile(sizes.astype(np.float64), [0.0, 0.1, 0.5, 0.9, 1.0])
-        got = st._quantiles(sizes.astype(np.int32))
-        assert [got[k] for k in st.QUANTILE_NAMES] == [float(v) for v in want], (n, sizes)
-    assert all(np.isnan(v) for v in st._quantiles(np.zeros(0, np.int32)).values())
+        got = size_quantiles(sizes.astype(np.int32))
+        assert [got[k] for k in QUANTILE_NAMES] == [float(v) for v in want], (n, sizes)
+    assert all(np.isnan(v) for v in size_quantiles(np.zeros(0, np.int32)).values())
 
 
 def test_one_pass_encoding_equals_the_separate_kernels():
@@ -106,7 +114,7 @@ def test_one_pass_encoding_equals_the_separate_kernels():
     res.region[res.region == 3] = 250  # a sparse id range
     wide = np.zeros((5000, 7), np.float32)
     wide[:, :5] = pts
-    encodings = [st.encode_sweep(st.SweepInput("t", p, cameras=cams), res, CAMERAS)
+    encodings = [encode_sweep(SweepInput("t", p, cameras=cams), res, CAMERAS)
                  for p in (pts, pts.astype(np.float64), wide[:, :5])]  # fused, float64, strided
     assert encodings[0]["_clipped"] >= 3
     for j, other in enumerate(encodings[1:]):
@@ -129,7 +137,7 @@ def test_region_summaries_match_reference():
     rng = np.random.default_rng(2)
     xyz = rng.normal(size=(3000, 3)) * 10
     region = rng.integers(-1, 40, 3000).astype(np.int16)
-    got = st.region_summaries(xyz, region)
+    got = region_summaries(xyz, region)
     ref = reference_region_summary(xyz, region)
     assert got["region_id"].tolist() == sorted(ref)
     for i, r in enumerate(got["region_id"]):
@@ -138,7 +146,7 @@ def test_region_summaries_match_reference():
         np.testing.assert_allclose(got["region_centroid"][i], c, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(got["region_min"][i], lo, rtol=1e-6)
         np.testing.assert_allclose(got["region_max"][i], hi, rtol=1e-6)
-    empty = st.region_summaries(xyz, np.full(3000, -1, np.int16))
+    empty = region_summaries(xyz, np.full(3000, -1, np.int16))
     assert empty["region_id"].size == 0 and empty["region_centroid"].shape == (0, 3)
 
 
@@ -159,15 +167,15 @@ def test_round_trip_through_the_reader(make_shard):
         np.testing.assert_array_equal(got.finite, finite)
         np.testing.assert_array_equal(got.ground, r.ground)
         np.testing.assert_array_equal(got.region, r.region)
-        assert np.abs(got.xyz[finite] - sw.points[finite, :3]).max(initial=0) <= st.XYZ_SCALE / 2 + 1e-5
+        assert np.abs(got.xyz[finite] - sw.points[finite, :3]).max(initial=0) <= XYZ_SCALE / 2 + 1e-5
         assert (got.xyz[~finite] == 0).all()
         np.testing.assert_array_equal(got.features, sw.points[:, 3:].astype(np.float16))
         # projections: same pairs; cameras renumbered into the shard's channel list
         p = r.projection
         np.testing.assert_array_equal(got.proj_point, p.point)
         assert [shard.channels[c] for c in got.proj_cam] == [p.channels[c] for c in p.cam]
-        assert np.abs(got.uv - p.uv).max(initial=0) <= st.UV_SCALE / 2 + 1e-4
-        assert np.abs(got.depth - p.depth).max(initial=0) <= st.DEPTH_SCALE / 2 + 1e-5
+        assert np.abs(got.uv - p.uv).max(initial=0) <= UV_SCALE / 2 + 1e-4
+        assert np.abs(got.depth - p.depth).max(initial=0) <= DEPTH_SCALE / 2 + 1e-5
         np.testing.assert_array_equal(got.aug_params, r.aug_params)
         assert got.timestamp == 1000 + i
         np.testing.assert_array_equal(got.ego2global, np.eye(4) * (i + 1))
@@ -204,15 +212,15 @@ def test_sharded_arrays_written_from_memory_match_their_manifest(make_shard, mon
     and the features / pixels are bit-shuffled, the coordinates byte-shuffled."""
     import zarr
 
-    monkeypatch.setattr(st, "CHUNK_BYTES", 4096)
-    monkeypatch.setattr(st, "COMPRESS_MIN_BYTES", 1024)
+    monkeypatch.setattr(shard_writer, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(shard_writer, "COMPRESS_MIN_BYTES", 1024)
     vdir, items, res = make_shard(sizes=(3000, 2500, 4000))
-    assert st.file_table(res.path) == res.manifest["files"]
+    assert file_table(res.path) == res.manifest["files"]
     assert not [p for p in res.path.rglob("*") if p.name.endswith(".partial")]
     g = zarr.open_group(str(res.path), mode="r")
     xyz = g["xyz"]
     assert xyz.shards is not None and xyz.chunks[0] < xyz.shape[0] // 10
-    want = np.concatenate([st.quantise_xyz(sw.points[:, :3])[0] for sw, _ in items])
+    want = np.concatenate([quantise_xyz(sw.points[:, :3])[0] for sw, _ in items])
     np.testing.assert_array_equal(xyz[:], want)
     np.testing.assert_array_equal(xyz[1234:5678], want[1234:5678])
     np.testing.assert_array_equal(g["region"][:], np.concatenate([r.region for _, r in items]).astype(np.int16))
@@ -263,7 +271,7 @@ assert "data_catalog" not in sys.modules and "preprocess" not in sys.modules
 
 
 def test_shard_with_only_errors_commits_and_reads(tmp_path):
-    w = st.ShardWriter(tmp_path / "v", "scene-empty")
+    w = ShardWriter(tmp_path / "v", "scene-empty")
     w.add_error("t1", "a.pcd.bin", "missing image", "load")
     res = w.commit()
     assert res.status == "committed" and res.manifest["counts"]["sweeps"] == 0
@@ -274,41 +282,41 @@ def test_shard_with_only_errors_commits_and_reads(tmp_path):
 
 def test_second_writer_skips_a_committed_shard(make_shard, tmp_path):
     vdir, _, first = make_shard(seed=0)
-    before = st.read_manifest(first.path)
+    before = read_manifest(first.path)
     _, _, second = make_shard(seed=1, vdir=vdir)  # different content, same scene
     assert second.status == "exists"
-    assert st.read_manifest(first.path) == before
-    assert st.tmp_dirs(vdir) == []
+    assert read_manifest(first.path) == before
+    assert tmp_dirs(vdir) == []
 
 
 def test_losing_the_rename_race_discards_the_loser(make_shard, monkeypatch):
     """Both writers pass the 'already committed?' check, both write; the second rename fails and its copy goes."""
     vdir, _, first = make_shard(seed=0)
-    before = st.read_manifest(first.path)
+    before = read_manifest(first.path)
     calls = {"n": 0}
-    real = st.is_committed
+    real = is_committed
 
     def late(v, s):  # the pre-check at the start of commit sees nothing yet
         calls["n"] += 1
         return False if calls["n"] == 1 else real(v, s)
 
-    monkeypatch.setattr(st, "is_committed", late)
+    monkeypatch.setattr(shard_writer, "is_committed", late)
     _, _, second = make_shard(seed=1, vdir=vdir)
     assert second.status == "exists" and calls["n"] >= 2
-    assert st.read_manifest(first.path) == before
-    assert st.tmp_dirs(vdir) == []
+    assert read_manifest(first.path) == before
+    assert tmp_dirs(vdir) == []
 
 
 def test_a_crash_while_writing_leaves_nothing_visible(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
-    w = st.ShardWriter(tmp_path / "v", "scene-x")
+    w = ShardWriter(tmp_path / "v", "scene-x")
     pts, res, cams = fake_sweep(rng, 100, "t")
-    w.add(st.SweepInput("t", pts, cameras=cams), res)
+    w.add(SweepInput("t", pts, cameras=cams), res)
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    real_write = st._write_file
+    real_write = write_file
     written = []
 
     def full_after_three(path, data):  # the disk fills up midway through the shard's files
@@ -317,14 +325,14 @@ def test_a_crash_while_writing_leaves_nothing_visible(tmp_path, monkeypatch):
         written.append(path)
         return real_write(path, data)
 
-    for target, fn, match in ((st, "_table_bytes", "disk full"), (st, "_write_file", "No space left")):
-        monkeypatch.setattr(target, fn, boom if fn == "_table_bytes" else full_after_three)
+    for fn, match in (("table_bytes", "disk full"), ("write_file", "No space left")):
+        monkeypatch.setattr(shard_writer, fn, boom if fn == "table_bytes" else full_after_three)
         with pytest.raises(OSError, match=match):
             w.commit()
         monkeypatch.undo()
         assert not (tmp_path / "v" / "shards" / "scene-x").exists()
-        assert st.tmp_dirs(tmp_path / "v") == []
-        assert st.committed_scenes(tmp_path / "v") == []
+        assert tmp_dirs(tmp_path / "v") == []
+        assert committed_scenes(tmp_path / "v") == []
     assert len(written) == 3  # the second case did write files before it failed, and they are gone
     assert w.commit().status == "committed"  # the writer still holds its sweeps: a retry commits
 
@@ -332,8 +340,8 @@ def test_a_crash_while_writing_leaves_nothing_visible(tmp_path, monkeypatch):
 def test_shard_without_manifest_is_not_visible(tmp_path):
     (tmp_path / "v" / "shards" / "scene-half").mkdir(parents=True)
     (tmp_path / "v" / "shards" / "scene-half" / "zarr.json").write_text("{}")
-    assert st.committed_scenes(tmp_path / "v") == []
-    assert not st.is_committed(tmp_path / "v", "scene-half")
+    assert committed_scenes(tmp_path / "v") == []
+    assert not is_committed(tmp_path / "v", "scene-half")
 
 
 def test_clean_stale_tmp_removes_only_dead_writers(tmp_path):
@@ -348,25 +356,25 @@ def test_clean_stale_tmp_removes_only_dead_writers(tmp_path):
     other_host = shards / f".tmp-scene-0003-someotherhost-{dead.pid}-abcd1234"
     for p in (stale, live, other_host):
         p.mkdir(parents=True)
-    removed = st.clean_stale_tmp(tmp_path / "v")
+    removed = clean_stale_tmp(tmp_path / "v")
     assert removed == [stale]
     assert live.is_dir() and other_host.is_dir()
 
 
 def test_bad_inputs_to_the_writer_are_named(tmp_path):
     rng = np.random.default_rng(0)
-    w = st.ShardWriter(tmp_path / "v", "scene-y")
+    w = ShardWriter(tmp_path / "v", "scene-y")
     pts, res, cams = fake_sweep(rng, 50, "t")
     from shared.errors import InputError
 
     with pytest.raises(InputError, match="points must be"):
-        w.add(st.SweepInput("t", pts[:, :2], cameras=cams), res)
-    w.add(st.SweepInput("t", pts, cameras=cams), res)
+        w.add(SweepInput("t", pts[:, :2], cameras=cams), res)
+    w.add(SweepInput("t", pts, cameras=cams), res)
     pts4, res4, _ = fake_sweep(rng, 50, "u")
     with pytest.raises(InputError, match="feature columns"):
-        w.add(st.SweepInput("u", pts4[:, :4], cameras=cams), res4)
+        w.add(SweepInput("u", pts4[:, :4], cameras=cams), res4)
     with pytest.raises(InputError, match="cannot name a shard"):
-        st.ShardWriter(tmp_path / "v", "../evil")
+        ShardWriter(tmp_path / "v", "../evil")
 
 
 def test_failed_sweeps_leave_no_rows_and_columns_grow(tmp_path):
@@ -382,21 +390,21 @@ def test_failed_sweeps_leave_no_rows_and_columns_grow(tmp_path):
 
     def sweep(i):
         pts, res, c = good[i]
-        return st.SweepInput(f"g{i}", pts, cameras=c), res
+        return SweepInput(f"g{i}", pts, cameras=c), res
 
-    clean = st.ShardWriter(tmp_path / "a", "scene-z")
+    clean = ShardWriter(tmp_path / "a", "scene-z")
     for i in range(4):
         clean.add(*sweep(i))
-    w = st.ShardWriter(tmp_path / "b", "scene-z", expected_points=100)  # grows several times
+    w = ShardWriter(tmp_path / "b", "scene-z", expected_points=100)  # grows several times
     with pytest.raises(InputError, match="pixel coordinates"):
-        w.add(st.SweepInput("bad", bad_pts, cameras=cams), bad_res)  # fails first: columns created, then emptied
+        w.add(SweepInput("bad", bad_pts, cameras=cams), bad_res)  # fails first: columns created, then emptied
     for i in range(4):
         w.add(*sweep(i))
         if i == 1:
             with pytest.raises(InputError, match="pixel coordinates"):
-                w.add(st.SweepInput("bad", bad_pts, cameras=cams), bad_res)
+                w.add(SweepInput("bad", bad_pts, cameras=cams), bad_res)
             with pytest.raises(InputError, match="feature columns"):
-                w.add(st.SweepInput("bad", bad_pts[:, :4], cameras=cams), bad_res)
+                w.add(SweepInput("bad", bad_pts[:, :4], cameras=cams), bad_res)
     assert len(w) == 4 and w._columns["xyz"].buf.shape[0] > 100 + 1024  # it grew
     a, b = clean.commit(), w.commit()
     assert a.manifest["content_sha256"] == b.manifest["content_sha256"]
@@ -406,7 +414,7 @@ def test_failed_sweeps_leave_no_rows_and_columns_grow(tmp_path):
 def test_finalize_and_scene_table(make_shard):
     vdir, items, _ = make_shard("scene-a", sizes=(100, 200), seed=0)
     make_shard("scene-b", sizes=(300,), seed=1, vdir=vdir)
-    paths = st.finalize(vdir)
+    paths = finalize(vdir)
     import pyarrow.parquet as pq
 
     sweeps = pq.read_table(paths["sweeps.parquet"]).to_pydict()
@@ -418,15 +426,15 @@ def test_finalize_and_scene_table(make_shard):
     ground = sum(int(r.ground.sum()) for _, r in items)
     finite = sum(int(np.isfinite(sw.points[:, :3]).all(1).sum()) for sw, _ in items)
     assert a["ground_fraction"] == pytest.approx(ground / finite)
-    assert a["store_bytes"] == st.read_manifest(vdir / "shards" / "scene-a")["bytes"]
+    assert a["store_bytes"] == read_manifest(vdir / "shards" / "scene-a")["bytes"]
     assert a["bytes_per_point"] == pytest.approx(a["store_bytes"] / 300)
 
 
 def test_points_without_feature_columns(tmp_path):
     rng = np.random.default_rng(3)
-    w = st.ShardWriter(tmp_path / "v", "scene-k")
+    w = ShardWriter(tmp_path / "v", "scene-k")
     pts, res, cams = fake_sweep(rng, 80, "t")
-    w.add(st.SweepInput("t", np.ascontiguousarray(pts[:, :3]), cameras=cams), res)
+    w.add(SweepInput("t", np.ascontiguousarray(pts[:, :3]), cameras=cams), res)
     out = w.commit()
     assert not (out.path / "features").exists()
     sw = Shard(out.path).sweep(0)
@@ -435,9 +443,9 @@ def test_points_without_feature_columns(tmp_path):
 
 
 def _writer(vdir, scene, seed, errors=0):
-    w = st.ShardWriter(vdir, scene)
+    w = ShardWriter(vdir, scene)
     pts, res, cams = fake_sweep(np.random.default_rng(seed), 200, "t")
-    w.add(st.SweepInput(f"{scene}-t", pts, cameras=cams), res)
+    w.add(SweepInput(f"{scene}-t", pts, cameras=cams), res)
     for i in range(errors):
         w.add_error(f"{scene}-bad{i}", "s/bad.pcd.bin", "truncated", "load")
     return w
@@ -451,40 +459,40 @@ def test_a_committed_shard_is_replaced_whole(tmp_path, monkeypatch, exchange):
     from data_catalog.verify import verify_shard
 
     if not exchange:
-        monkeypatch.setattr(st, "_rename_exchange", lambda a, b: False)
+        monkeypatch.setattr(shard_writer, "_rename_exchange", lambda a, b: False)
     vdir = tmp_path / "v"
     old = _writer(vdir, "scene-a", 0, errors=1).commit()
     assert _writer(vdir, "scene-a", 1).commit().status == "exists"  # without replace: never overwritten
-    real = st._write_file
+    real = write_file
 
     def full_disk(path, data):
-        if path.name == st.MANIFEST:
+        if path.name == MANIFEST:
             raise OSError("[Errno 28] No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(st, "_write_file", full_disk)
+    monkeypatch.setattr(shard_writer, "write_file", full_disk)
     with pytest.raises(OSError, match="No space"):
         _writer(vdir, "scene-a", 1).commit(replace=True)
-    monkeypatch.setattr(st, "_write_file", real)
-    assert st.read_manifest(old.path) == old.manifest and verify_shard(old.path) == []
-    assert st.tmp_dirs(vdir) == []
+    monkeypatch.setattr(shard_writer, "write_file", real)
+    assert read_manifest(old.path) == old.manifest and verify_shard(old.path) == []
+    assert tmp_dirs(vdir) == []
     new = _writer(vdir, "scene-a", 1).commit(replace=True)
     assert new.status == "replaced" and new.path == old.path
-    assert st.read_manifest(new.path) == new.manifest != old.manifest
+    assert read_manifest(new.path) == new.manifest != old.manifest
     assert new.manifest["counts"]["errors"] == 0 and verify_shard(new.path) == []
-    assert st.tmp_dirs(vdir) == [] and st.committed_scenes(vdir) == ["scene-a"]
+    assert tmp_dirs(vdir) == [] and committed_scenes(vdir) == ["scene-a"]
 
 
 def test_link_shard_takes_a_shard_of_another_version_as_it_is(tmp_path):
     src = _writer(tmp_path / "v1", "scene-a", 0).commit()
-    got = st.link_shard(src.path, tmp_path / "v2", "scene-a")
+    got = link_shard(src.path, tmp_path / "v2", "scene-a")
     assert got.status == "committed" and got.manifest == src.manifest
     for p in src.path.rglob("*"):
         if p.is_file():
             q = got.path / p.relative_to(src.path)
             assert os.path.samefile(p, q)
-    assert st.link_shard(src.path, tmp_path / "v2", "scene-a").status == "exists"
-    assert st.tmp_dirs(tmp_path / "v2") == []
+    assert link_shard(src.path, tmp_path / "v2", "scene-a").status == "exists"
+    assert tmp_dirs(tmp_path / "v2") == []
 
 
 def test_errors_table_levels_and_old_tables_without_them(tmp_path):
@@ -497,18 +505,18 @@ def test_errors_table_levels_and_old_tables_without_them(tmp_path):
         w.add_error("x", "f", "r", "load", level="fatal")
     res = w.commit()
     assert res.manifest["counts"]["errors"] == 1 and res.manifest["counts"]["warnings"] == 1
-    assert st.shard_failures(tmp_path / "v", "scene-a") == (1, 1)
-    assert st.read_shard_tables(tmp_path / "v", st.ERRORS_TABLE).column("level").to_pylist() == ["error", "warning"]
+    assert shard_failures(tmp_path / "v", "scene-a") == (1, 1)
+    assert read_shard_tables(tmp_path / "v", ERRORS_TABLE).column("level").to_pylist() == ["error", "warning"]
     # a shard of format 1: no level column, no warnings count; its rows read as errors, which they were
     old = pa.table({k: ["t", "scene-a", "f", "load", "truncated"][i:i + 1]
                     for i, k in enumerate(("token", "scene", "file", "stage", "reason"))})
-    pq.write_table(old, res.path / st.ERRORS_TABLE)
-    man = st.read_manifest(res.path)
+    pq.write_table(old, res.path / ERRORS_TABLE)
+    man = read_manifest(res.path)
     man["counts"].pop("warnings")
-    (res.path / st.MANIFEST).write_text(json.dumps(man))
-    assert st.read_shard_tables(tmp_path / "v", st.ERRORS_TABLE).to_pylist() == [
+    (res.path / MANIFEST).write_text(json.dumps(man))
+    assert read_shard_tables(tmp_path / "v", ERRORS_TABLE).to_pylist() == [
         {"token": "t", "scene": "scene-a", "file": "f", "stage": "load", "reason": "truncated", "level": "error"}]
-    assert st.shard_failures(tmp_path / "v", "scene-a") == (1, 0)
+    assert shard_failures(tmp_path / "v", "scene-a") == (1, 0)
 
 
 def test_run_records_are_never_overwritten(tmp_path):
@@ -516,9 +524,9 @@ def test_run_records_are_never_overwritten(tmp_path):
     import time
 
     when = 1_800_000_000.123456
-    a = st.write_run_record(tmp_path, {"n": 1}, when=when)
-    b = st.write_run_record(tmp_path, {"n": 2}, when=when)
-    assert a != b and st.run_records(tmp_path) == sorted([a, b])
+    a = write_run_record(tmp_path, {"n": 1}, when=when)
+    b = write_run_record(tmp_path, {"n": 2}, when=when)
+    assert a != b and run_records(tmp_path) == sorted([a, b])
     assert sorted(json.loads(p.read_text())["n"] for p in (a, b)) == [1, 2]
     assert a.name.startswith(time.strftime("%Y%m%dT%H%M%S", time.gmtime(when)) + ".123456Z-")
     assert [p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith(".")] == []

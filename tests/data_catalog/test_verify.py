@@ -6,10 +6,12 @@ import shutil
 
 import pytest
 
-from data_catalog import store as st
+from data_catalog.layout import SWEEPS_TABLE, TABLES_MANIFEST, VERSION_TABLES
 from data_catalog.reader import open_version
+from data_catalog.tables import finalize
 from data_catalog.verify import verify_shard, verify_version
 from data_catalog.version import DOC_SHA256, VersionSpec, doc_checksum
+from data_catalog.versions import create_version
 from preprocess.sweep import SweepConfig
 
 
@@ -17,7 +19,7 @@ from preprocess.sweep import SweepConfig
 def version(tmp_path, make_shard):
     spec = VersionSpec(dataset_version="v", manifest_sha256="m", config=SweepConfig().to_dict(), sweeps="all",
                        seed=0, code_sha256="c")
-    vdir, _ = st.create_version(tmp_path / "store", spec, {"scenes": ["scene-a", "scene-b", "scene-c"]})
+    vdir, _ = create_version(tmp_path / "store", spec, {"scenes": ["scene-a", "scene-b", "scene-c"]})
     make_shard("scene-a", sizes=(3000, 2000), seed=0, vdir=vdir)
     make_shard("scene-b", sizes=(1000,), seed=1, vdir=vdir)
     return vdir
@@ -84,7 +86,7 @@ def test_a_shard_folder_without_manifest_is_reported(version):
 
 @pytest.fixture
 def finalized(version):
-    st.finalize(version)
+    finalize(version)
     return version
 
 
@@ -96,7 +98,7 @@ def test_version_json_and_version_tables_of_a_clean_version(finalized):
 
 def test_a_version_never_finalized_has_no_tables(version):
     rep = verify_version(version)
-    assert sorted(p.split(":")[0] for p in rep.version_problems) == sorted(st.VERSION_TABLES)
+    assert sorted(p.split(":")[0] for p in rep.version_problems) == sorted(VERSION_TABLES)
     assert all("missing" in p for p in rep.version_problems)
 
 
@@ -105,13 +107,13 @@ def test_changed_version_json_and_tables_are_found(finalized):
     doc = json.loads(vj.read_text())
     doc["scenes"] = ["scene-a"]  # a hand edit: the version would no longer miss scene-b, scene-c
     vj.write_text(json.dumps(doc))
-    t = finalized / st.SWEEPS_TABLE
+    t = finalized / SWEEPS_TABLE
     data = bytearray(t.read_bytes())
     data[len(data) // 2] ^= 0xFF
     t.write_bytes(bytes(data))
     rep = verify_version(finalized)
     assert "version.json: checksum mismatch (content changed)" in rep.version_problems
-    assert f"{st.SWEEPS_TABLE}: checksum mismatch (content changed)" in rep.version_problems
+    assert f"{SWEEPS_TABLE}: checksum mismatch (content changed)" in rep.version_problems
     assert not rep.ok and any(line.startswith("corrupt: version.json") for line in rep.lines())
     doc["spec"]["seed"] = 1  # the spec no longer hashes to the id
     doc[DOC_SHA256] = doc_checksum(doc)
@@ -126,7 +128,7 @@ def test_tables_derived_before_a_commit_are_stale(finalized, make_shard):
     make_shard("scene-c", sizes=(100,), seed=2, vdir=finalized)
     [problem] = verify_version(finalized).version_problems
     assert "stale" in problem and "scene-c" in problem
-    st.finalize(finalized)
+    finalize(finalized)
     assert verify_version(finalized).version_problems == []
 
 
@@ -137,10 +139,10 @@ def test_an_older_store_without_checksums_says_not_recorded(finalized):
     doc = json.loads(vj.read_text())
     del doc[DOC_SHA256]
     vj.write_text(json.dumps(doc))
-    (finalized / st.TABLES_MANIFEST).unlink()
+    (finalized / TABLES_MANIFEST).unlink()
     rep = verify_version(finalized)
     assert rep.version_problems == [] and len(rep.notes) == 2
     assert all("not recorded" in n for n in rep.notes) and any(line.startswith("not checked: ") for line in rep.lines())
     shutil.rmtree(finalized / "shards" / "scene-b")  # the tables now hold a scene that is gone
     problems = verify_version(finalized).version_problems
-    assert {p.split(":")[0] for p in problems} == set(st.VERSION_TABLES) and all("stale" in p for p in problems)
+    assert {p.split(":")[0] for p in problems} == set(VERSION_TABLES) and all("stale" in p for p in problems)

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from data_catalog import store as st
 from data_catalog.version import (CODE_FILES, FORMAT_VERSION, VersionSpec, canonical_json, code_version,
                                   diff_specs, input_manifest)
+from data_catalog.versions import create_version, list_versions, read_version_json
 from preprocess.sweep import SweepConfig
 from shared.errors import ConfigError, InputError
 
@@ -122,18 +122,18 @@ def test_diff_specs():
 
 def test_create_version_once_and_rejects_a_changed_spec(tmp_path):
     s = spec()
-    vdir, created = st.create_version(tmp_path, s, {"scenes": ["a"]})
+    vdir, created = create_version(tmp_path, s, {"scenes": ["a"]})
     assert created and vdir == tmp_path / "versions" / s.id
-    doc = st.read_version_json(vdir)
+    doc = read_version_json(vdir)
     assert doc["id"] == s.id and doc["spec"] == s.to_dict() and doc["scenes"] == ["a"]
-    again, created2 = st.create_version(tmp_path, s, {"scenes": ["a"]})
-    assert again == vdir and not created2 and st.read_version_json(vdir)["created"] == doc["created"]
+    again, created2 = create_version(tmp_path, s, {"scenes": ["a"]})
+    assert again == vdir and not created2 and read_version_json(vdir)["created"] == doc["created"]
     other = spec(seed=5)
     import json
 
     (tmp_path / "versions" / other.id).mkdir()
     (tmp_path / "versions" / other.id / "version.json").write_text(json.dumps({"id": other.id, "spec": s.to_dict()}))
     with pytest.raises(InputError, match="different spec"):
-        st.create_version(tmp_path, other, {})
+        create_version(tmp_path, other, {})
     # oldest first; a version.json without a creation time sorts first
-    assert [d["id"] for d in st.list_versions(tmp_path)] == [other.id, s.id]
+    assert [d["id"] for d in list_versions(tmp_path)] == [other.id, s.id]

@@ -37,7 +37,10 @@ def assert_matches_sklearn(xyz, cfg):
 @pytest.mark.parametrize("field,value", [("eps", 0), ("eps", float("inf")), ("min_samples", 0),
                                          ("min_samples", 2.5), ("dims", "xz"), ("eps_range_edges", (20.0, 10.0)),
                                          ("eps_range_edges", "10"), ("eps_range_scale", (1.0, 0.0, 1.0, 1.0)),
-                                         ("eps_range_scale", (1.0, 2.0)), ("eps_range_scale", (True, 1, 1, 1))])
+                                         ("eps_range_scale", (1.0, 2.0)), ("eps_range_scale", (True, 1, 1, 1)),
+                                         ("stack_gap", -1.0), ("stack_max_overlap", float("nan")),
+                                         ("stack_max_vgap", "0.5"), ("reattach_radius", float("inf")),
+                                         ("reattach_max_gap", True)])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ConfigError) as exc:
         ClusterConfig(**{field: value})
@@ -175,13 +178,13 @@ def test_cluster_nonground_keeps_ground_as_noise():
     labels = cluster_nonground(pts, ground, PLAIN)
     assert (labels[ground] == -1).all()
     np.testing.assert_array_equal(labels[~ground], dbscan(pts[~ground], PLAIN))
-    banded = cluster_nonground(pts, ground)  # all within 10 m: one band, eps 0.375
+    banded = cluster_nonground(pts, ground, NO_STACK)  # all within 10 m: one band, eps 0.375
     assert (banded[ground] == -1).all()
     np.testing.assert_array_equal(banded[~ground], dbscan(pts[~ground], ClusterConfig(eps=0.375)))
 
 
-#: One eps everywhere: the paper's DBSCAN (the defaults scale eps by range band).
-PLAIN = ClusterConfig(eps_range_edges=(), eps_range_scale=())
+#: One eps everywhere and no stacked join: the paper's DBSCAN (the defaults scale eps by range band).
+PLAIN = ClusterConfig(eps_range_edges=(), eps_range_scale=(), stack_gap=0.0)
 
 
 def _ring_blobs(rng, ranges, n=60, spread=0.03):
@@ -201,10 +204,10 @@ def _disc(rng, n, r_max, r_min=None):
 
 def test_config_bands_and_plain():
     cfg = ClusterConfig()
-    assert cfg.band_eps == (0.375, 0.75, 1.125, 1.5)
+    assert cfg.band_eps == pytest.approx((0.375, 0.6, 1.125, 1.5))
     assert PLAIN.band_eps == (0.75,)
     assert ClusterConfig(eps_range_edges=[5, 15], eps_range_scale=[1, 2, 3]).eps_range_edges == (5.0, 15.0)
-    assert ClusterConfig(eps=0.5).band_eps == (0.25, 0.5, 0.75, 1.0)  # eps scales every band
+    assert ClusterConfig(eps=0.5).band_eps == pytest.approx((0.25, 0.4, 0.75, 1.0))  # eps scales every band
 
 
 def test_range_bands_join_far_gaps_and_split_near_ones():
@@ -237,14 +240,104 @@ def test_a_cluster_across_band_edges_stays_one():
     assert (labels[: len(blob)] == 0).all() and (labels[len(blob):] == 1).all()
 
 
+def _box_points(x0, x1, y0, y1, z0, z1, step=0.1):
+    """A grid of points filling the box (spacing ``step``), float64 (M, 3)."""
+    g = np.mgrid[x0:x1 + 1e-9:step, y0:y1 + 1e-9:step, z0:z1 + 1e-9:step].reshape(3, -1).T
+    return g.astype(np.float64)
+
+
+#: Without the stacked join (the plain and banded DBSCAN tests compare against scikit-learn).
+NO_STACK = ClusterConfig(stack_gap=0.0)
+
+
+def test_stacked_clusters_are_joined():
+    """A car seen from behind at 15 m (band eps 0.6): its lower body (z 0.3-0.7) and its cabin (z 0.9-1.5),
+    set back 1.0 m and narrower, are two DBSCAN clusters and one after the stacked join; not joined: a block
+    at the same heights 1.0 m away (side by side, not stacked), a canopy 1.0 m above (vertical gap above
+    stack_max_vgap), a piece shifted sideways (neither box lies within the other's grown by stack_gap) and a
+    cabin 2 m back (beyond stack_gap)."""
+    body = _box_points(15.0, 15.3, -0.9, 0.9, 0.3, 0.7)
+    cabin = _box_points(16.3, 16.6, -0.6, 0.6, 0.9, 1.5)
+    none = lambda p: np.zeros(len(p), bool)  # noqa: E731
+    pts = np.concatenate([body, cabin])
+    assert len(set(cluster_nonground(pts, none(pts), NO_STACK))) == 2
+    lab = cluster_nonground(pts, none(pts))
+    assert len(set(lab)) == 1 and lab[0] == 0
+    cases = {"side by side": _box_points(16.3, 16.6, -0.6, 0.6, 0.3, 0.7),
+             "canopy high": _box_points(16.3, 16.6, -0.6, 0.6, 1.8, 2.4),
+             "shifted sideways": _box_points(16.3, 16.6, 1.0, 2.6, 0.9, 1.5),
+             "set back 2 m": _box_points(17.3, 17.6, -0.6, 0.6, 0.9, 1.5)}
+    for name, other in cases.items():
+        p = np.concatenate([body, other])
+        assert len(set(cluster_nonground(p, none(p)))) == 2, name
+
+
+def test_join_stacked_is_transitive_and_numbers_by_first_point():
+    """Three stacked pieces (a chain: each joins the next) become one cluster; the labels are renumbered
+    0..K-1 by the lowest-index point; noise stays noise; no clusters: unchanged."""
+    a = _box_points(10.0, 10.2, 0.0, 1.0, 0.2, 0.6)
+    b = _box_points(10.8, 11.0, 0.2, 0.8, 0.8, 1.0)
+    c = _box_points(11.6, 11.8, 0.3, 0.7, 1.2, 1.5)
+    lone = _box_points(30.0, 30.2, 0.0, 0.2, 0.2, 0.6)
+    pts = np.concatenate([lone, c, b, a, [[50.0, 50.0, 0.0]]])
+    labels = np.concatenate([np.full(len(lone), 3), np.full(len(c), 0), np.full(len(b), 2), np.full(len(a), 1),
+                             [-1]]).astype(np.int32)
+    out = C.join_stacked(pts, pts[:, 2], labels, ClusterConfig())
+    assert out.dtype == np.int32
+    assert (out[: len(lone)] == 0).all() and (out[len(lone):-1] == 1).all() and out[-1] == -1
+    assert C.join_stacked(pts[:0], pts[:0, 2], labels[:0], ClusterConfig()).shape == (0,)
+    np.testing.assert_array_equal(C.join_stacked(pts, pts[:, 2], np.full(len(pts), -1, np.int32),
+                                                 ClusterConfig()), -1)
+
+
+REATTACH = ClusterConfig(reattach_radius=0.15, reattach_max_gap=1.5)
+
+
+def test_reattach_low_points_gives_an_objects_foot_back():
+    """A car side (a vertical face z 0.3-1.5 at x = 10) whose lowest 0.2 m were labelled ground gets them
+    back; the road 1 m in front of it, the road under a canopy 3 m up and a far ground point stay ground;
+    non-finite points are left alone; radius 0 (the default) returns the inputs."""
+    face = _box_points(10.0, 10.0, -2.0, 2.0, 0.3, 1.5)
+    foot = _box_points(10.0, 10.0, -2.0, 2.0, 0.0, 0.2)
+    road = _box_points(9.0, 9.0, -2.0, 2.0, 0.0, 0.0)
+    canopy = _box_points(20.0, 21.0, -1.0, 1.0, 3.0, 3.2)
+    under = _box_points(20.0, 21.0, -1.0, 1.0, 0.0, 0.0, step=0.25)
+    bad = np.array([[10.0, 0.0, np.nan], [np.inf, 0.0, 0.0]])
+    pts = np.concatenate([face, canopy, foot, road, under, [[80.0, 0.0, 0.0]], bad])
+    n_obj = len(face) + len(canopy)
+    labels = np.full(len(pts), -1, np.int32)
+    labels[: len(face)] = 0
+    labels[len(face): n_obj] = 1
+    ground = np.arange(len(pts)) >= n_obj
+    lab, g = C.reattach_low_points(pts, ground, labels, REATTACH)
+    assert lab.dtype == np.int32 and g.dtype == bool
+    np.testing.assert_array_equal(lab[:n_obj], labels[:n_obj])
+    sl = slice(n_obj, n_obj + len(foot))
+    assert (lab[sl] == 0).all() and not g[sl].any()
+    rest = slice(n_obj + len(foot), None)
+    assert (lab[rest] == -1).all() and g[rest][:-2].all()
+    np.testing.assert_array_equal(g[-2:], ground[-2:])
+    same = C.reattach_low_points(pts, ground, labels, ClusterConfig())  # off by default
+    np.testing.assert_array_equal(same[0], labels)
+    np.testing.assert_array_equal(same[1], ground)
+    # the sorted-cell path (large extents) gives the dense path's answer
+    sparse = C._reattach_kernel(pts, ground, labels, 0.15, 1.5, 0)
+    np.testing.assert_array_equal(sparse[0], lab)
+    np.testing.assert_array_equal(sparse[1], g)
+    with pytest.raises(InputError):
+        C.reattach_low_points(pts[:, :2], ground, labels, REATTACH)
+    with pytest.raises(InputError):
+        C.reattach_low_points(pts, ground[:-1], labels, REATTACH)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_each_band_is_exact_dbscan(seed):
     """Points spread over one band (here 12-18 m) get exactly DBSCAN's partition at that band's eps; over all
     bands, the clustering of the points of a band that have no neighbour within eps across an edge is DBSCAN's
     at that band's eps."""
     pts = _disc(np.random.default_rng(seed), 3000, 18.0, 12.0)
-    labels = cluster_nonground(pts, np.zeros(len(pts), bool))
-    ref, core = dbscan_reference(pts, ClusterConfig(eps=0.75))
+    labels = cluster_nonground(pts, np.zeros(len(pts), bool), NO_STACK)
+    ref, core = dbscan_reference(pts, ClusterConfig(eps=0.6))
     assert core_partition_equal(labels, core, ref, core)
     np.testing.assert_array_equal(labels == -1, ref == -1)
     assert adjusted_rand_index(labels, ref) > 0.99

@@ -7,6 +7,7 @@ beyond ``MAX_RANGE`` (where walls often hide the ground and the reference is unr
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ from scipy.ndimage import rank_filter
 
 from shared.fixtures import load_kitti_labels
 from shared.pointcloud import load_points
-from preprocess.cluster import cluster_nonground
+from preprocess.cluster import ClusterConfig, cluster_nonground, reattach_low_points
 from preprocess.ground import fit_ground
 from preprocess.pooling import PoolingConfig, pool_regions
 
@@ -52,6 +53,8 @@ def pipeline(fixtures_dir):
         xyz = load_points(fixtures_dir / name)[:, :3]
         g = fit_ground(xyz)
         labels = cluster_nonground(xyz, g.mask)
+        labels, mask = reattach_low_points(xyz, g.mask, labels, ClusterConfig())  # as process_sweep does
+        g = dataclasses.replace(g, mask=mask)
         out[name] = (xyz, g, labels, pool_regions(xyz, g, labels))
     return out
 

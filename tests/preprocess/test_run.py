@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_catalog import store as st
+from data_catalog.format import DEPTH_SCALE, UV_SCALE, XYZ_SCALE
+from data_catalog.layout import ERRORS_TABLE, MANIFEST, committed_scenes, read_manifest, tmp_dirs, version_dir
 from data_catalog.reader import open_version
 from data_catalog.verify import verify_version
+from data_catalog.versions import list_versions, run_records
 from preprocess.run import plan_scenes, run
 from preprocess.sweep import SweepConfig, process_sweep
 from shared.errors import ConfigError, InputError
@@ -56,13 +58,13 @@ def test_store_holds_what_process_sweep_computes(tiny_synth, tiny_store):
             got = shard.sweep(i)
             np.testing.assert_array_equal(got.ground, ref.ground)
             np.testing.assert_array_equal(got.region, ref.region)
-            assert np.abs(got.xyz - pts[:, :3]).max() <= st.XYZ_SCALE / 2 + 1e-5
+            assert np.abs(got.xyz - pts[:, :3]).max() <= XYZ_SCALE / 2 + 1e-5
             np.testing.assert_array_equal(got.features, pts[:, 3:].astype(np.float16))
             np.testing.assert_array_equal(got.proj_point, ref.projection.point)
             assert [shard.channels[c] for c in got.proj_cam] == [ref.projection.channels[c]
                                                                  for c in ref.projection.cam]
-            assert np.abs(got.uv - ref.projection.uv).max() <= st.UV_SCALE / 2 + 1e-3
-            assert np.abs(got.depth - ref.projection.depth).max() <= st.DEPTH_SCALE / 2 + 1e-5
+            assert np.abs(got.uv - ref.projection.uv).max() <= UV_SCALE / 2 + 1e-3
+            assert np.abs(got.depth - ref.projection.depth).max() <= DEPTH_SCALE / 2 + 1e-5
             np.testing.assert_array_equal(got.aug_params, ref.aug_params)
             np.testing.assert_array_equal(got.lidar2ego, info.lidar2ego)
             assert got.region_id.size == ref.stats.regions_kept
@@ -82,15 +84,15 @@ def test_rerun_reuses_the_version_without_recomputation(tiny_synth, tiny_store, 
     session_store, first = tiny_store
     store = tmp_path / "store"
     shutil.copytree(session_store, store)
-    vdir = st.version_dir(store, first.version)
+    vdir = version_dir(store, first.version)
     shards = sorted((vdir / "shards").iterdir())
     before = {p.name: (p / "manifest.json").stat().st_mtime_ns for p in shards}
-    records = st.run_records(vdir)
+    records = run_records(vdir)
     again = run(root, version, store, sweeps="keyframes", workers=0, progress=False, log=None)
     assert again.version == first.version and not again.created_version
     assert again.scenes_skipped == 2 and again.scenes_done == 0 and again.sweeps_done == 0
     assert {p.name: (p / "manifest.json").stat().st_mtime_ns for p in shards} == before
-    assert len(records) == 1 and st.run_records(vdir)[0] == records[0] and len(st.run_records(vdir)) == 2
+    assert len(records) == 1 and run_records(vdir)[0] == records[0] and len(run_records(vdir)) == 2
 
 
 def test_one_changed_parameter_makes_a_new_version(tiny_synth, tmp_path):
@@ -104,7 +106,7 @@ def test_one_changed_parameter_makes_a_new_version(tiny_synth, tmp_path):
     assert len({a.version, b.version, c.version}) == 3
     assert b.created_version and b.scenes_done == 1
     assert open_version(tmp_path, b.version).config["cluster"]["eps"] == 0.6
-    assert [d["id"] for d in st.list_versions(tmp_path)] == [a.version, b.version, c.version]
+    assert [d["id"] for d in list_versions(tmp_path)] == [a.version, b.version, c.version]
     # a subset run leaves the other scene missing, and verify says so
     assert verify_version(Path(a.path)).missing == ["scene-0103"]
 
@@ -228,7 +230,7 @@ def test_failures_stay_visible_until_retried_after_repair(tiny_synth, tiny_store
 
     for path, data in saved.items():  # repair the inputs
         path.write_bytes(data)
-    before = _files(st.version_dir(store, v1))
+    before = _files(version_dir(store, v1))
     retry = runner.invoke(app, args + ["--retry-failed"])
     assert retry.exit_code == 0, retry.output
     v2 = retry.stdout.split()[1].rstrip(":")
@@ -237,15 +239,15 @@ def test_failures_stay_visible_until_retried_after_repair(tiny_synth, tiny_store
     assert f"reused from version {v1} (same inputs, no failed sweep): scene-0103" in retry.stdout
     assert "hold 0 failed sweep(s) and 0 warning(s)" in retry.stdout
     assert errors(v2)[0].startswith(f"version {v2}: 0 failed sweep(s), 0 warning(s)") and errors(v2)[1] == []
-    assert _files(st.version_dir(store, v1)) == before  # the first version is untouched
+    assert _files(version_dir(store, v1)) == before  # the first version is untouched
     assert errors(v1)[1] == rows
-    a, b = (st.version_dir(store, v) / "shards" / "scene-0103" for v in (v1, v2))
+    a, b = (version_dir(store, v) / "shards" / "scene-0103" for v in (v1, v2))
     assert _files(a) == _files(b)  # the same files (hard links): same inodes, times and sizes
     clean = Path(tiny_store[1].path)
     for scene in ("scene-0061", "scene-0103"):
-        assert st.read_manifest(st.version_dir(store, v2) / "shards" / scene)["content_sha256"] == \
-               st.read_manifest(clean / "shards" / scene)["content_sha256"]
-    assert verify_version(st.version_dir(store, v2)).ok
+        assert read_manifest(version_dir(store, v2) / "shards" / scene)["content_sha256"] == \
+               read_manifest(clean / "shards" / scene)["content_sha256"]
+    assert verify_version(version_dir(store, v2)).ok
 
 
 def test_a_missing_image_alone_is_a_warning_and_exits_0(tiny_synth, tmp_path):
@@ -294,11 +296,11 @@ def test_retry_failed_replaces_only_the_failed_scene_in_place(tiny_synth, tiny_s
     assert retry.failed_sweeps == 0 and retry.exit_code == 0
     assert _files(vdir / "shards" / "scene-0061") == other
     clean = Path(tiny_store[1].path)
-    assert st.read_manifest(vdir / "shards" / "scene-0103")["content_sha256"] == \
-           st.read_manifest(clean / "shards" / "scene-0103")["content_sha256"]
-    assert st.tmp_dirs(vdir) == [] and verify_version(vdir).ok
+    assert read_manifest(vdir / "shards" / "scene-0103")["content_sha256"] == \
+           read_manifest(clean / "shards" / "scene-0103")["content_sha256"]
+    assert tmp_dirs(vdir) == [] and verify_version(vdir).ok
     assert open_version(store).errors_table().num_rows == 0
-    assert len(st.run_records(vdir)) == 3  # every run's record is kept
+    assert len(run_records(vdir)) == 3  # every run's record is kept
 
 
 def test_a_sweep_without_calibration_is_recorded_by_the_driver(tiny_synth, monkeypatch):
@@ -350,7 +352,7 @@ def test_existing_scheduler_and_a_crashing_scene(tiny_synth, tmp_path, monkeypat
                 progress=False, log=None)
         assert s.workers == 1 and s.scenes_done == 1 and list(s.failed_scenes) == ["scene-0103"]
         assert "boom" in s.failed_scenes["scene-0103"] and s.exit_code == 1
-        assert st.committed_scenes(Path(s.path)) == ["scene-0061"] and st.tmp_dirs(Path(s.path)) == []
+        assert committed_scenes(Path(s.path)) == ["scene-0061"] and tmp_dirs(Path(s.path)) == []
         crashing["on"] = False
         again = run(root, version, tmp_path, sweeps="keyframes", scheduler=cluster.scheduler_address,
                     progress=False, log=None)
@@ -489,11 +491,11 @@ KILLED_DURING_COMMIT = """if True:
     DRIVER, PIDFILE = os.getpid(), sys.argv[4]
 
     def scene_task(*args, **kwargs):
-        from data_catalog import store as st
+        from data_catalog import writer as st
         from preprocess import run as real
 
         if not getattr(st, "kill_hook_installed", False):
-            write = st._write_file
+            write = st.write_file
 
             def dying_write(path, data):
                 if path.name == st.MANIFEST and path.parent.name.startswith(".tmp-scene-0103-"):
@@ -502,7 +504,7 @@ KILLED_DURING_COMMIT = """if True:
                     time.sleep(120)
                 return write(path, data)
 
-            st._write_file, st.kill_hook_installed = dying_write, True
+            st.write_file, st.kill_hook_installed = dying_write, True
         return real.process_scene(*args, **kwargs)
 
     run_mod.process_scene = scene_task
@@ -520,7 +522,7 @@ def test_sigkill_during_a_shard_commit_then_rerun_gives_the_clean_store(tiny_syn
     root, version = tiny_synth
     clean = run(root, version, tmp_path / "clean", sweeps="all", workers=0, progress=False, log=None)
     store = tmp_path / "killed"
-    vdir = st.version_dir(store, clean.version)
+    vdir = version_dir(store, clean.version)
     pidfile = tmp_path / "worker.pid"
     log = tmp_path / "killed.log"
     with open(log, "w") as err:
@@ -533,20 +535,20 @@ def test_sigkill_during_a_shard_commit_then_rerun_gives_the_clean_store(tiny_syn
     except psutil.NoSuchProcess:
         pass
     assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
-    [tmp] = st.tmp_dirs(vdir)  # the interrupted state: scene-0103 written but for its manifest
+    [tmp] = tmp_dirs(vdir)  # the interrupted state: scene-0103 written but for its manifest
     assert tmp.name.startswith(".tmp-scene-0103-") and f"-{worker}-" in tmp.name
-    assert (tmp / st.ERRORS_TABLE).is_file() and (tmp / "zarr.json").is_file()
-    assert not (tmp / st.MANIFEST).exists()
-    assert "scene-0103" not in st.committed_scenes(vdir)
+    assert (tmp / ERRORS_TABLE).is_file() and (tmp / "zarr.json").is_file()
+    assert not (tmp / MANIFEST).exists()
+    assert "scene-0103" not in committed_scenes(vdir)
     lines = []
     again = run(root, version, store, sweeps="all", workers=0, progress=False, log=lines.append)
     assert again.version == clean.version and again.scenes_done + again.scenes_skipped == 2
     assert "scene-0103" in [t["scene"] for t in again.tasks]  # computed again, from the start
     assert "removed 1 leftover temporary shard(s) of dead writers" in lines
-    assert st.tmp_dirs(vdir) == []  # the dead writer's temporary shard was removed
+    assert tmp_dirs(vdir) == []  # the dead writer's temporary shard was removed
     for scene in ("scene-0061", "scene-0103"):
-        a = st.read_manifest(Path(clean.path) / "shards" / scene)
-        b = st.read_manifest(vdir / "shards" / scene)
+        a = read_manifest(Path(clean.path) / "shards" / scene)
+        b = read_manifest(vdir / "shards" / scene)
         assert a["content_sha256"] == b["content_sha256"] and a["counts"] == b["counts"]
         assert {k: v for k, v in a["files"].items() if k != "sweeps.parquet"} == \
                {k: v for k, v in b["files"].items() if k != "sweeps.parquet"}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from data_catalog import store as st
+from data_catalog.layout import committed_scenes, is_committed, read_manifest
 from data_catalog.reader import open_version
 from data_catalog.verify import verify_version
 from preprocess import dask_setup
@@ -118,9 +118,9 @@ def assert_same_store_version(a: Path, b: Path) -> None:
     file checksums (``sweeps.parquet`` aside: its timing columns differ between runs; its other columns are
     compared), the same errors."""
     assert a.name == b.name  # the version id
-    assert st.committed_scenes(a) == st.committed_scenes(b) != []
-    for scene in st.committed_scenes(a):
-        ma, mb = st.read_manifest(a / "shards" / scene), st.read_manifest(b / "shards" / scene)
+    assert committed_scenes(a) == committed_scenes(b) != []
+    for scene in committed_scenes(a):
+        ma, mb = read_manifest(a / "shards" / scene), read_manifest(b / "shards" / scene)
         assert ma["content_sha256"] == mb["content_sha256"] and ma["counts"] == mb["counts"]
         assert {k: v for k, v in ma["files"].items() if k != "sweeps.parquet"} == \
                {k: v for k, v in mb["files"].items() if k != "sweeps.parquet"}
@@ -255,7 +255,7 @@ def test_ctrl_c_ends_quietly_says_what_was_committed_and_the_rerun_resumes(synth
     try:
         vdir = _wait_for(lambda: next(iter((store / "versions").glob("*")), None), "the store version",
                          proc=proc, timeout=120)
-        _wait_for(lambda: st.is_committed(vdir, "scene-0061") and marker.is_file(),
+        _wait_for(lambda: is_committed(vdir, "scene-0061") and marker.is_file(),
                   "scene-0061 committed and scene-0103 started", proc=proc, timeout=120)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -264,7 +264,7 @@ def test_ctrl_c_ends_quietly_says_what_was_committed_and_the_rerun_resumes(synth
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, err[-3000:]
-    assert st.committed_scenes(vdir) == ["scene-0061"]  # the interrupted state: scene-0103 was not committed
+    assert committed_scenes(vdir) == ["scene-0061"]  # the interrupted state: scene-0103 was not committed
     lines = err.strip().splitlines()
     assert lines[-1] == ("interrupted: 1 of 2 scene(s) committed; rerun the same command to resume "
                          "(committed scenes are skipped)"), err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from preprocess.augment import AugmentConfig, sample_views
-from preprocess.cluster import ClusterConfig, cluster_nonground
+from preprocess.cluster import ClusterConfig, cluster_nonground, reattach_low_points
 from preprocess.ground import fit_ground
 from preprocess.pooling import pool_regions
 from preprocess.project import ProjectConfig, project_points
@@ -109,6 +109,8 @@ def test_synthetic_scene_composes_the_stages():
     xyz = pts[:, :3]
     gr = fit_ground(xyz, cfg.ground)
     lab = cluster_nonground(xyz, gr.mask, cfg.cluster)
+    lab, mask = reattach_low_points(xyz, gr.mask, lab, cfg.cluster)
+    gr = dataclasses.replace(gr, mask=mask)
     pooled = pool_regions(xyz, gr, lab, cfg.pooling)
     np.testing.assert_array_equal(res.ground, gr.mask)
     np.testing.assert_array_equal(res.labels, lab)

@@ -1,20 +1,7 @@
-"""Fixtures of tests/shared: devkit over the generated ``tiny`` dataroot (``synth_root``, tests/conftest.py)."""
+"""Fixtures of tests/shared (``synth_root`` and ``synth_nusc``, the generated ``tiny`` dataroot and devkit over it,
+are in tests/conftest.py)."""
 from __future__ import annotations
 
 import os
 
-import pytest
-
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-
-@pytest.fixture(scope="session")
-def synth_nusc(synth_root):
-    """devkit ``NuScenes`` over the generated dataroot, opened (and link-checked) by calico's reader.
-
-    Shared by the session: tests must not modify it.
-    """
-    from shared.nuscenes_io import open_nuscenes
-
-    dataroot, version = synth_root
-    return open_nuscenes(dataroot, version)
