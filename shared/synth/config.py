@@ -7,9 +7,11 @@ handling downstream sees realistic numbers.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from shared.errors import ConfigError
+from shared.synth.world import max_extent
 
 #: LiDAR (HDL-32E) mounting: (rotation quaternion w,x,y,z; translation x,y,z) of LIDAR_TOP in the ego frame.
 LIDAR2EGO: tuple[tuple[float, ...], tuple[float, ...]] = (
@@ -60,6 +62,11 @@ class SynthConfig:
     ``density`` scales the number of traffic participants. With ``all_classes`` every scene gets, where its
     random traffic lacks one, a standing object of each of the ten detection classes that the LiDAR sees
     within devkit's class range at some keyframe (see :func:`shared.synth.generate.ensure_all_classes`).
+    Layout: scene ``i`` lies at location ``i % 4`` (:data:`shared.synth.tables.LOCATIONS`); the ``k``-th scene
+    of a location (``k = i // 4``) is moved by ``k * location_spacing`` m along global x, so that the scenes of
+    one location lie apart in its map (:attr:`spacing`). None: the smallest multiple of 100 m at least
+    :attr:`min_spacing`; 0: every scene at the global origin region (the layout before the spacing existed:
+    the scenes of a location overlap).
     """
 
     name: str = "tiny"
@@ -78,6 +85,7 @@ class SynthConfig:
     annotation_range: float = 60.0
     density: float = 1.0
     all_classes: bool = True
+    location_spacing: float | None = None
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -109,6 +117,15 @@ class SynthConfig:
             raise ConfigError("density", self.density, "must lie in 0..5")
         if not isinstance(self.all_classes, bool):
             raise ConfigError("all_classes", self.all_classes, "must be True or False")
+        v = self.location_spacing
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError("location_spacing", v, "must be None, 0 or a number of metres")
+            if v != 0 and v < self.min_spacing:
+                raise ConfigError("location_spacing", v,
+                                  f"must be 0 (overlapping scenes) or at least {self.min_spacing:g} m: a world's "
+                                  f"largest extent {max_extent(self.duration):g} m plus the LiDAR range "
+                                  f"{self.max_range:g} m")
 
     @property
     def is_mini(self) -> bool:
@@ -119,6 +136,29 @@ class SynthConfig:
     def version(self) -> str:
         """The nuScenes version string (folder of the tables)."""
         return "v1.0-mini" if self.is_mini else "v1.0-trainval"
+
+    @property
+    def duration(self) -> float:
+        """Seconds from a scene's first keyframe to its last."""
+        return (self.keyframes - 1) / 2.0
+
+    @property
+    def min_spacing(self) -> float:
+        """The least positive ``location_spacing`` (m): the largest extent of a world of :attr:`duration`
+        (:func:`shared.synth.world.max_extent`) plus the LiDAR range, so that two scenes of one location keep
+        more than the LiDAR range between their extents."""
+        return max_extent(self.duration) + self.max_range
+
+    @property
+    def spacing(self) -> float:
+        """The offset (m, along global x) between consecutive scenes of one location (see ``location_spacing``)."""
+        if self.location_spacing is None:
+            return 100.0 * math.ceil(self.min_spacing / 100.0)
+        return float(self.location_spacing)
+
+    def scene_offset(self, idx: int, locations: int) -> tuple[float, float]:
+        """Global (x, y) offset (m) of scene ``idx`` when the scenes cycle through ``locations`` locations."""
+        return (idx // locations) * self.spacing, 0.0
 
     @property
     def lidar_hz(self) -> float:

@@ -20,7 +20,7 @@ from shared.records import CAMERAS
 from shared.synth.camera import ground_polygons, render_image, scaled_intrinsic
 from shared.synth.config import CAMERA_RIG, LIDAR2EGO, SynthConfig, resolve_config
 from shared.synth.lidar import AZIMUTH_START, HIT_PRIM, cast_sweep, to_points
-from shared.synth.map_expansion import SceneMap, expansion_bytes, scene_map
+from shared.synth.map_expansion import SceneMap, expansion_bytes, moved_map, scene_map
 from shared.synth.tables import (
     LOCATIONS,
     constant_tables,
@@ -35,8 +35,9 @@ from shared.synth.world import (
     DETECTION_NAME,
     World,
     add_anchors,
-    drivable_raster,
+    location_raster,
     make_world,
+    max_extent,
 )
 
 #: First timestamp (microseconds) of scene 0; later scenes start an hour apart.
@@ -173,9 +174,34 @@ def ensure_all_classes(world: World, rng: np.random.Generator, key_times,
     return world, {c for c in CLASS_RANGE if c not in seen}
 
 
+@dataclass(frozen=True)
+class WrittenScene:
+    """What the location-wide map files need of a written scene: its location, log token, world (simulated
+    about the global origin region) and the offset (m, global x and y) that every global-frame record of the
+    scene was moved by, and its map layers (moved)."""
+
+    location: str
+    log_token: str
+    world: World
+    offset: tuple[float, float]
+    scene_map: SceneMap
+
+
+def moved(xyz: np.ndarray, offset: tuple[float, float]) -> list[float]:
+    """A global position (3,) as a list of floats, moved by ``offset`` (x, y); unchanged (bit for bit, -0.0
+    included) when the offset is zero."""
+    if offset != (0.0, 0.0):
+        xyz = np.asarray(xyz, dtype=np.float64) + np.array([offset[0], offset[1], 0.0])
+    return [float(v) for v in xyz]
+
+
 def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T: _Tables,
-                 bar) -> tuple[str, SceneMap]:
-    """Write one scene's files and table rows; return its location and map layers."""
+                 bar) -> WrittenScene:
+    """Write one scene's files and table rows (but the map table's, see :func:`_write_maps`).
+
+    The world is simulated about the global origin region (the sensor data does not depend on the offset); the
+    global-frame records (ego poses, annotation centres, map layers) are moved by the scene's offset
+    (:meth:`SynthConfig.scene_offset`)."""
     rng = np.random.default_rng([seed, idx])
     spk = cfg.sweeps_per_keyframe
     period = 1.0 / cfg.lidar_hz
@@ -183,7 +209,10 @@ def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T
     world = make_world(rng, duration, cfg.density)
     if cfg.all_classes:
         world, _ = ensure_all_classes(world, rng, [kf * spk * period for kf in range(cfg.keyframes)], cfg)
+    if max(world.extent[2], world.extent[3]) > max_extent(duration):
+        raise RuntimeError(f"scene {idx}: world extent {world.extent[2:]} exceeds max_extent {max_extent(duration)}")
     loc = LOCATIONS[idx % len(LOCATIONS)]
+    offset = cfg.scene_offset(idx, len(LOCATIONS))
     vehicle = "n015" if loc.startswith("singapore") else "n008"
     base = BASE_TIMESTAMP + idx * 3_600_000_000 + int(rng.integers(0, 1_000_000))
     day = 1 + idx % 28
@@ -194,11 +223,6 @@ def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T
     log_tok = token(seed, "log", idx)
     T.add("log", token=log_tok, logfile=logname, vehicle=vehicle, date_captured=f"2018-08-{day:02d}",
           location=loc)
-    map_tok = token(seed, "map", idx)
-    map_file = f"maps/{map_tok}.png"
-    cv2.imwrite(str(root / map_file), drivable_raster(world), [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    T.add("map", token=map_tok, log_tokens=[log_tok], category="semantic_prior", filename=map_file)
-
     calib = {}
     calib["LIDAR_TOP"] = T.add("calibrated_sensor", token=token(seed, "calib", idx, "LIDAR_TOP"),
                                sensor_token=token(seed, "sensor", "LIDAR_TOP"),
@@ -241,7 +265,7 @@ def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T
         ego2global = lidar2global @ EGO2LIDAR_M
         pose_tok = token(seed, "ego_pose", idx, "LIDAR_TOP", k)
         T.add("ego_pose", token=pose_tok, timestamp=ts, rotation=_quat(ego2global),
-              translation=[float(v) for v in ego2global[:3, 3]])
+              translation=moved(ego2global[:3, 3], offset))
         sd = dict(token=token(seed, "sample_data", idx, "LIDAR_TOP", k), sample_token="",
                   ego_pose_token=pose_tok, calibrated_sensor_token=calib["LIDAR_TOP"], timestamp=ts,
                   fileformat="pcd", is_key_frame=bool(is_key), height=0, width=0, filename=fname, prev="",
@@ -273,7 +297,7 @@ def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T
                     token=token(seed, "sample_annotation", idx, i, kf), sample_token=s_tok,
                     instance_token=inst_tok[i], visibility_token=visibility_token(vis),
                     attribute_tokens=[token(seed, "attribute", attr)] if attr else [],
-                    translation=[float(v) for v in centre], size=[float(v) for v in a.size],
+                    translation=moved(centre, offset), size=[float(v) for v in a.size],
                     rotation=_yaw_quat(yaw), prev="", next="",
                     num_lidar_pts=_points_in_box(glob, centre, a.size, yaw), num_radar_pts=0))
             # cameras
@@ -293,7 +317,7 @@ def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T
                 (root / cname).write_bytes(buf.tobytes())
                 ptok = token(seed, "ego_pose", idx, ch, kf)
                 T.add("ego_pose", token=ptok, timestamp=tsc, rotation=_quat(e2g),
-                      translation=[float(v) for v in e2g[:3, 3]])
+                      translation=moved(e2g[:3, 3], offset))
                 T.add("sample_data", token=token(seed, "sample_data", idx, ch, kf), sample_token=s_tok,
                       ego_pose_token=ptok, calibrated_sensor_token=calib[ch], timestamp=tsc, fileformat="jpg",
                       is_key_frame=True, height=cfg.image_height, width=cfg.image_width, filename=cname,
@@ -318,7 +342,25 @@ def _write_scene(root: Path, cfg: SynthConfig, seed: int, idx: int, name: str, T
     T.add("scene", token=scene_tok, log_token=log_tok, nbr_samples=len(samples),
           first_sample_token=samples[0]["token"], last_sample_token=samples[-1]["token"], name=name,
           description=f"calico synthetic scene, {world.kind} road, seed {seed}")
-    return loc, scene_map(world, np.random.default_rng([seed, idx, 1]))
+    return WrittenScene(loc, log_tok, world, offset,
+                        moved_map(scene_map(world, np.random.default_rng([seed, idx, 1])), offset))
+
+
+def _write_maps(root: Path, seed: int, scenes: list[tuple[int, WrittenScene]], T: _Tables) -> None:
+    """Write one location's map files and its ``map`` record (as nuScenes: one per location, listing its logs;
+    the token is the one of its first scene ``idx``): the drivable-area basemap ``maps/<token>.png`` holding
+    every scene at its offset (MapMask convention: the raster starts at the global origin, 0.1 m a pixel) and
+    the map expansion ``maps/expansion/<location>.json``."""
+    first, loc = scenes[0][0], scenes[0][1].location
+    map_tok = token(seed, "map", first)
+    map_file = f"maps/{map_tok}.png"
+    raster = location_raster([(w.world, w.offset) for _, w in scenes])
+    if not cv2.imwrite(str(root / map_file), raster, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise InputError(f"could not write the {raster.shape[1]}x{raster.shape[0]} basemap of {loc}", root / map_file)
+    T.add("map", token=map_tok, log_tokens=[w.log_token for _, w in scenes], category="semantic_prior",
+          filename=map_file)
+    (root / "maps" / "expansion" / f"{loc}.json").write_bytes(
+        expansion_bytes([w.scene_map for _, w in scenes], seed, loc))
 
 
 def _check_out(out: Path) -> None:
@@ -359,12 +401,12 @@ def generate(out: Path, preset: str | SynthConfig = "tiny", scenes: int | None =
         names = scene_names(cfg.scenes, cfg.is_mini)
         total = cfg.scenes * cfg.sweeps_per_scene
         with tqdm(total=total, desc=f"synth {cfg.name}", unit="sweep", disable=not progress) as bar:
-            maps: dict[str, list[SceneMap]] = {}
+            by_location: dict[str, list[tuple[int, WrittenScene]]] = {}
             for i, name in enumerate(names):
-                loc, sm = _write_scene(tmp, cfg, seed, i, name, T, bar)
-                maps.setdefault(loc, []).append(sm)
-        for loc, scene_maps in maps.items():
-            (tmp / "maps" / "expansion" / f"{loc}.json").write_bytes(expansion_bytes(scene_maps, seed, loc))
+                w = _write_scene(tmp, cfg, seed, i, name, T, bar)
+                by_location.setdefault(w.location, []).append((i, w))
+        for scenes_here in by_location.values():  # in the order of their first scenes
+            _write_maps(tmp, seed, scenes_here, T)
         write_tables(tmp / cfg.version, rows)
         _check_out(out)
         if out.exists():

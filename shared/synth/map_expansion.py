@@ -19,11 +19,13 @@ Crossings and stop lines exist in the map only (the simulated paint has no zebra
 devkit's :class:`NuScenesMap` loads but we have nothing for (``lane``, ``road_block``, ``traffic_light``,
 ``lane_connector``, ``arcline_path_3``, ``connectivity``) are present and empty.
 
-Scenes that share a location (more than four scenes: :data:`shared.synth.tables.LOCATIONS` repeat) are laid out
-in the same global region, so their layers overlap in that location's file.
+Scenes that share a location (more than four scenes: :data:`shared.synth.tables.LOCATIONS` repeat) lie apart in
+the global frame (:meth:`shared.synth.config.SynthConfig.scene_offset`, :func:`moved_map`), so a location's file
+holds every scene's roads side by side, none overlapping another's.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -71,6 +73,16 @@ def _line(world: World, s0: float, s1: float, d: float) -> np.ndarray:
 def _strip(world: World, s0: float, s1: float, d0: float, d1: float) -> np.ndarray:
     """Polygon (N, 2) of the road-coordinate rectangle s0..s1 x d0..d1 (its two long sides follow the road)."""
     return np.vstack([_line(world, s0, s1, d0), _line(world, s1, s0, d1)])
+
+
+def moved_map(sm: SceneMap, offset: tuple[float, float]) -> SceneMap:
+    """The map layers moved by ``offset`` (x, y) m in the global frame (the same object for a zero offset)."""
+    if offset == (0.0, 0.0):
+        return sm
+    d = np.array(offset, dtype=np.float64)
+    layers = {f.name: tuple(p + d for p in getattr(sm, f.name)) for f in dataclasses.fields(sm)
+              if f.name not in ("stop_line_crossing", "extent")}
+    return dataclasses.replace(sm, **layers, extent=(sm.extent[0] + offset[0], sm.extent[1] + offset[1]))
 
 
 def crossing_positions(world: World, rng: np.random.Generator) -> list[float]:

@@ -222,6 +222,20 @@ class Agent:
         return None
 
 
+#: Top speed (m/s) of the ego vehicle.
+EGO_VMAX = 15.0
+#: The road reaches this far (m of arc length) behind the ego vehicle's start and beyond its end, the map's road
+#: (``World.s_range``) another ``ROAD_TAIL`` m; the world's extent keeps ``EXTENT_MARGIN`` m around that road.
+ROAD_AROUND_EGO, ROAD_TAIL, EXTENT_MARGIN = 110.0, 30.0, 120.0
+
+
+def max_extent(duration: float) -> float:
+    """The largest side (m) :attr:`World.extent` of a world of ``duration`` seconds can have: the road's arc length
+    (the ego vehicle's path at most ``EGO_VMAX * duration``, plus ``ROAD_AROUND_EGO + ROAD_TAIL`` at each end; a
+    curved road's chord is shorter) plus ``EXTENT_MARGIN`` on each side."""
+    return EGO_VMAX * duration + 2.0 * (ROAD_AROUND_EGO + ROAD_TAIL) + 2.0 * EXTENT_MARGIN
+
+
 @dataclass(frozen=True, eq=False)
 class EgoMotion:
     """Ego trajectory along the road: start speed ``v0`` (m/s), acceleration ``acc`` (m/s^2), capped to
@@ -231,7 +245,7 @@ class EgoMotion:
     v0: float
     acc: float
     d: float
-    vmax: float = 15.0
+    vmax: float = EGO_VMAX
 
     def speed(self, t: float) -> float:
         return float(np.clip(self.v0 + self.acc * t, 0.0, self.vmax))
@@ -390,7 +404,7 @@ def make_world(rng: np.random.Generator, duration: float, density: float = 1.0) 
     ego_lane = int(rng.integers(0, n_lanes))
     ego = EgoMotion(s0=0.0, v0=v0, acc=acc, d=-(ego_lane + 0.5) * lane)
     s_end = ego.s(duration)
-    s_lo, s_hi = -110.0, s_end + 110.0
+    s_lo, s_hi = -ROAD_AROUND_EGO, s_end + ROAD_AROUND_EGO
 
     agents: list[Agent] = []
     dens = density
@@ -576,9 +590,9 @@ def make_world(rng: np.random.Generator, duration: float, density: float = 1.0) 
             cols.append((140, 140, 120))
 
     # place the scene in positive global coordinates (nuScenes map frames): shift the road origin
-    ss = np.linspace(s_lo - 30, s_hi + 30, 64)
+    ss = np.linspace(s_lo - ROAD_TAIL, s_hi + ROAD_TAIL, 64)
     pts = np.array([road_xy(P, s, 0.0) for s in ss])
-    margin = 120.0
+    margin = EXTENT_MARGIN
     shift = -pts.min(axis=0) + margin
     P[R_OX] += shift[0]
     P[R_OY] += shift[1]
@@ -588,7 +602,7 @@ def make_world(rng: np.random.Generator, duration: float, density: float = 1.0) 
     extent = (0.0, 0.0, float(pts[:, 0].max() + margin), float(pts[:, 1].max() + margin))
     return World(road=P, static_prims=st, static_colours=np.array(cols, dtype=np.uint8).reshape(-1, 3),
                  agents=tuple(agents), ego=ego, duration=duration, kind=kind, extent=extent,
-                 s_range=(s_lo - 30.0, s_hi + 30.0), parking=bool(parking), bike_lane=bool(bike_lane))
+                 s_range=(s_lo - ROAD_TAIL, s_hi + ROAD_TAIL), parking=bool(parking), bike_lane=bool(bike_lane))
 
 
 # ---------------------------------------------------------------------------------------------- class anchors
@@ -806,4 +820,19 @@ def drivable_raster(world: World, resolution: float = 0.1) -> np.ndarray:
     h = int(math.ceil(world.extent[3] / resolution))
     out = np.zeros((h, w), dtype=np.uint8)
     _drivable_kernel(world.road, world.s_range[0], world.s_range[1], resolution, out)
+    return out
+
+
+def location_raster(placed, resolution: float = 0.1) -> np.ndarray:
+    """The drivable area of several worlds in one raster (MapMask convention, see :func:`drivable_raster`):
+    ``placed`` is a sequence of (world, (ox, oy)), each world moved by its offset (m, a multiple of
+    ``resolution``) in the global frame. One world at offset (0, 0) gives its :func:`drivable_raster`."""
+    parts = [(drivable_raster(w, resolution), int(round(ox / resolution)), int(round(oy / resolution)))
+             for w, (ox, oy) in placed]
+    height = max(r.shape[0] + row for r, _, row in parts)
+    width = max(r.shape[1] + col for r, col, _ in parts)
+    out = np.zeros((height, width), dtype=np.uint8)
+    for r, col, row in parts:  # a pixel's row counts down from y = height * resolution
+        window = out[height - row - r.shape[0]:height - row, col:col + r.shape[1]]
+        np.maximum(window, r, out=window)
     return out
