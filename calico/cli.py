@@ -1,4 +1,4 @@
-"""``calico``: one command, with subcommands ``synth``, ``preprocess``, ``catalog``, ``train``, ``demo``.
+"""``calico``: one command, with subcommands ``synth``, ``preprocess``, ``catalog``, ``train``, ``eval``, ``demo``.
 
 Errors print as one line ``error: ...`` on stderr, never wrapped (also when the output is not a terminal), and
 exit with status 2: calico's own (:class:`shared.errors.CalicoError`, naming the file or value at fault) and
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from calico.commands import demo, preprocess, store, synth, train
+from calico.commands import demo, eval as eval_cmd, preprocess, store, synth, train
 
 app = typer.Typer(
     name="calico",
@@ -25,6 +25,7 @@ app.command("synth")(synth.synth)
 app.add_typer(preprocess.app, name="preprocess")
 app.add_typer(store.catalog_app, name="catalog")
 app.add_typer(train.app, name="train")
+app.add_typer(eval_cmd.app, name="eval")
 app.command("demo")(demo.demo)
 
 #: Exit status of a run stopped by Ctrl-C (SIGINT), as shells report it (128 + 2).

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ConfigError
-from train.model_config import CameraConfig, LSSConfig, PointPillarsConfig, PRCConfig, RADConfig
+from train.model_config import CameraConfig, FinetuneConfig, LSSConfig, PointPillarsConfig, PRCConfig, RADConfig
 
 
 def _int(name: str, v, lo: int) -> None:
@@ -170,19 +170,26 @@ class OptimConfig:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-#: The training tasks (``calico train pretrain-prc`` / ``pretrain-rad``); the loop is the same for all.
-TASKS: tuple[str, ...] = ("prc", "rad")
-_MODEL_SECTIONS = ("backbone", "prc", "camera", "lss", "rad")
+#: The training tasks (``calico train pretrain-prc`` / ``pretrain-rad`` / ``finetune --task det|seg``); the loop
+#: is the same for all.
+TASKS: tuple[str, ...] = ("prc", "rad", "det", "seg")
+#: The fine-tuning tasks.
+FINETUNE_TASKS: tuple[str, ...] = ("det", "seg")
+_MODEL_SECTIONS = ("backbone", "prc", "camera", "lss", "rad", "head", "finetune")
+#: Fields of the detection head that come from the backbone.
+_HEAD_FROM_BACKBONE = ("point_range", "cell", "in_channels")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run, any task.
 
-    task: ``prc`` (point-region contrast, LiDAR) or ``rad`` (region-aware distillation into the camera branch);
+    task: ``prc`` (point-region contrast, LiDAR), ``rad`` (region-aware distillation into the camera branch),
+    ``det`` (3-D detection fine-tuning) or ``seg`` (BEV map segmentation fine-tuning);
     data, optim, images (camera tasks only); model: {"backbone": PointPillarsConfig fields, "prc": PRCConfig
     fields, "camera": CameraConfig fields, "lss": LSSConfig fields but the grid (taken from the backbone's output
-    map), "rad": RADConfig fields}; teacher: the PRC checkpoint file RAD distils from (its backbone config must
+    map), "rad": RADConfig fields, "head": CenterHeadConfig fields but the grid and input channels (taken from
+    the backbone's output map), "finetune": FinetuneConfig fields}; teacher: the PRC checkpoint file RAD distils from (its backbone config must
     equal ``model.backbone``); log_every: steps between metric lines (and progress lines when stderr is not a
     terminal); ckpt_every: steps between checkpoints (and one at the end and one on SIGINT / SIGTERM);
     keep_last: checkpoints kept (the latest), keep_best: also keep the best one (lowest mean logged loss over the
@@ -236,6 +243,9 @@ class TrainConfig:
                 raise ConfigError("images.size", self.images.size,
                                   f"must equal model.camera.image_size {self.camera.image_size}")
             self.lss  # noqa: B018
+        if self.task in FINETUNE_TASKS:
+            self.finetune  # noqa: B018
+            self.center_head  # noqa: B018
 
     @staticmethod
     def _section(cls_, values: dict, name: str):
@@ -277,6 +287,24 @@ class TrainConfig:
     def rad(self) -> RADConfig:
         return self._section(RADConfig, self.model.get("rad", {}), "rad")
 
+    @property
+    def finetune(self) -> FinetuneConfig:
+        """Fine-tuning's configuration (fraction, sweeps, init, warm-up, loss weights, segmentation grid)."""
+        return self._section(FinetuneConfig, self.model.get("finetune", {}), "finetune")
+
+    @property
+    def center_head(self):
+        """The detection head on the backbone's output map (:class:`train.data.det_targets.CenterHeadConfig`)."""
+        from train.data.det_targets import CenterHeadConfig
+
+        head = dict(self.model.get("head", {}))
+        if set(_HEAD_FROM_BACKBONE) & set(head):
+            raise ConfigError("model.head", sorted(head), f"{', '.join(_HEAD_FROM_BACKBONE)} come from model.backbone "
+                              "(the head reads the backbone's output map)")
+        bb = self.backbone
+        return self._section(CenterHeadConfig, dict(head, point_range=bb.point_range, cell=bb.out_cell,
+                                                    in_channels=bb.out_channels), "head")
+
     def to_dict(self) -> dict:
         """Plain JSON-able values (tuples as lists)."""
         return {"task": self.task, "data": plain(dataclasses.asdict(self.data)),
@@ -304,7 +332,8 @@ class TrainConfig:
 #: ``deterministic`` and ``amp`` (other kernels). ``data.store`` and ``images.dataroot`` may move because the
 #: store version id and the dataroot's manifest are checked; ``teacher`` because its SHA-256 is (RAD).
 NON_RESULT_FIELDS: tuple[str, ...] = ("log_every", "ckpt_every", "keep_last", "keep_best", "eval_every",
-                                      "data.store", "data.verify_shards", "images.dataroot", "teacher")
+                                      "data.store", "data.verify_shards", "images.dataroot", "teacher",
+                                      "model.finetune.dataroot")
 
 
 def result_changes(saved: dict, now: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
@@ -327,42 +356,65 @@ def plain(x):
     return x
 
 
-def small(store: str = "", version: str | None = None, task: str = "prc") -> TrainConfig:
+#: The detection head of the CPU presets (thinner than CenterPoint's 64 channels).
+SMALL_HEAD = {"shared_channels": 32, "head_channels": 32}
+
+
+def small(store: str = "", version: str | None = None, task: str = "prc",
+          backbone: PointPillarsConfig | None = None) -> TrainConfig:
     """CPU preset: ``PointPillarsConfig.small()`` (+-25.6 m, pillar 0.4 m, 128x128 pillars, 64x64 output at
     0.8 m), 2 scans of 256 + 256 points, short warmup. RAD: the small timm camera backbone (resnet18) at 96x256,
-    depth bins 1-36 m at 1 m (the grid's corner is 36 m away), 32 lifted channels, a 64-channel camera BEV."""
-    backbone = plain(dataclasses.asdict(PointPillarsConfig.small()))
-    model = {"backbone": backbone, "prc": {}}
+    depth bins 1-36 m at 1 m (the grid's corner is 36 m away; 1-60 m with a wider backbone), 32 lifted channels,
+    a 64-channel camera BEV. det / seg: a 32-channel CenterPoint head, the segmentation grid equal to the
+    backbone's output map, 10 sweeps, an evaluation every 50 steps (ranked by NDS / mIoU). ``backbone``: another
+    LiDAR backbone (:func:`small_wide` passes ``PointPillarsConfig.small_wide()``)."""
+    bb = backbone if backbone is not None else PointPillarsConfig.small()
+    model = {"backbone": plain(dataclasses.asdict(bb)), "prc": {}}
     images = ImageConfig()
     if task == "rad":
         cam = CameraConfig.small()
+        far = math.hypot(*bb.point_range[3:5])
         model |= {"camera": plain(dataclasses.asdict(cam)), "rad": {},
-                  "lss": {"depth_bins": [1.0, 36.0, 1.0], "channels": 32, "bev_channels": 64}}
+                  "lss": {"depth_bins": [1.0, 36.0 if far <= 36.0 else 60.0, 1.0], "channels": 32,
+                          "bev_channels": 64}}
         images = ImageConfig(size=cam.image_size)
+    if task in FINETUNE_TASKS:
+        model |= {"head": dict(SMALL_HEAD), "finetune": plain(dataclasses.asdict(FinetuneConfig.matching(bb)))}
     return TrainConfig(
         task=task,
         data=DataConfig(store=store, version=version, batch_size=2, num_workers=2 if task == "rad" else 0,
-                        n_rich=256, n_less=256, point_range=SMALL_RANGE),
+                        n_rich=256, n_less=256, point_range=bb.point_range),
         optim=OptimConfig(lr=1e-3, warmup_steps=10, max_steps=200), images=images,
-        model=model, log_every=1, ckpt_every=50)
+        model=model, log_every=1, ckpt_every=50, eval_every=50 if task in FINETUNE_TASKS else 0)
+
+
+def small_wide(store: str = "", version: str | None = None, task: str = "prc") -> TrainConfig:
+    """:func:`small` on ``PointPillarsConfig.small_wide()``: +-51.2 m at 0.8 m pillars (128x128 canvas and output
+    map), so that detection sees boxes out to ~50 m as on nuScenes. PRC / RAD runs meant to initialise a
+    fine-tuning run of this preset must be trained with it too (the backbones must be equal)."""
+    return small(store, version, task, backbone=PointPillarsConfig.small_wide())
 
 
 def nuscenes(store: str = "", version: str | None = None, task: str = "prc") -> TrainConfig:
     """The paper's setting: +-51.2 m, pillar 0.2 m (512x512), N = M = 1024, AdamW lr 1e-4, wd 0.01. RAD: Swin-T at
     256x704, six cameras, an FPN to 256 channels at stride 8, LSS bins 1-60 m at 0.5 m, 80 channels, onto the
-    128x128 / 0.8 m output grid of the LiDAR backbone (METHOD.md section 7), batch 1 per process."""
+    128x128 / 0.8 m output grid of the LiDAR backbone (METHOD.md section 7), batch 1 per process. det / seg:
+    CenterPoint's head (64 channels), 10 sweeps, the 200x200 / 0.5 m segmentation grid, evaluation every 1000
+    steps."""
     model = {"backbone": plain(dataclasses.asdict(PointPillarsConfig())), "prc": {}}
     if task == "rad":
         model |= {"camera": plain(dataclasses.asdict(CameraConfig())), "lss": {}, "rad": {}}
+    if task in FINETUNE_TASKS:
+        model |= {"head": {}, "finetune": {}}
     return TrainConfig(
         task=task,
         data=DataConfig(store=store, version=version, batch_size=1 if task == "rad" else 4, num_workers=4,
                         n_rich=1024, n_less=1024, point_range=NUSCENES_RANGE),
         optim=OptimConfig(lr=1e-4, weight_decay=0.01, warmup_steps=500, max_steps=20000),
-        model=model, log_every=10, ckpt_every=1000)
+        model=model, log_every=10, ckpt_every=1000, eval_every=1000 if task in FINETUNE_TASKS else 0)
 
 
-PRESETS = {"small": small, "nuscenes": nuscenes}
+PRESETS = {"small": small, "small-wide": small_wide, "nuscenes": nuscenes}
 
 
 def _parse(text: str) -> Any:

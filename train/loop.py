@@ -8,7 +8,9 @@ between the stages::
     task.stream(rank, world)          -> (IterableDataset with set_epoch / check_version / store_version, collate)
     task.build_model()                -> nn.Module whose forward(batch) returns {"loss": ..., other named scalars}
     task.frozen(model)                -> modules kept in eval mode, without gradients, never in the optimizer
-    task.param_groups(model)          -> [{"name", "params", "lr_mult"}], the trainable parameters
+    task.param_groups(model)          -> [{"name", "params", "lr_mult"[, "frozen_steps"]}], the trainable
+                                         parameters; a group's learning rate is 0 for its first frozen_steps
+                                         steps (a frozen warm-up that keeps the group in the optimizer and DDP)
     task.checkpoint_extra()           -> extra entries of every checkpoint (e.g. the teacher's identity)
     task.check_resume(state)          refuses a checkpoint this task must not continue from
     task.evaluate(model)              -> {name: number} or None, every ``eval_every`` steps and at the end
@@ -47,7 +49,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from shared.errors import CalicoError, InputError
+from shared.errors import CalicoError, ConfigError, InputError
 from train.checkpoint import (atomic_write_text, checkpoint_path, checkpoint_scores, checkpoint_steps,
                               latest_checkpoint, load_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
                               set_rng_state)
@@ -99,6 +101,13 @@ def _mean_over_ranks(values: torch.Tensor, world: int) -> torch.Tensor:
         torch.distributed.all_reduce(values)
         values /= world
     return values
+
+
+def _group_factor(factor: Callable[[int], float], frozen_steps: int) -> Callable[[int], float]:
+    """The schedule ``factor``, 0 for the first ``frozen_steps`` steps."""
+    if not frozen_steps:
+        return factor
+    return lambda step: 0.0 if step < frozen_steps else factor(step)
 
 
 def _tensorboard(out: Path):
@@ -170,7 +179,8 @@ def _train(task, out: Path, resume: bool, stop_after: int | None, allow_config_c
     optimizer = torch.optim.AdamW(
         [{"params": g["params"], "lr": o.lr * g.get("lr_mult", 1.0), "name": g["name"]} for g in groups],
         lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, o.lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [_group_factor(o.lr_factor, g.get("frozen_steps", 0))
+                                                               for g in groups])
     trainable = [p for g in groups for p in g["params"]]
     amp = cfg.amp and device.type == "cuda"
 
@@ -392,3 +402,22 @@ def plot_losses(metrics_path: str | Path, png: str | Path, title: str = "trainin
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
+
+
+def finetune(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, stop_after: int | None = None,
+             allow_config_change: bool = False) -> dict:
+    """Fine-tuning (METHOD.md section 4): :func:`train` of a :class:`train.tasks.detect.DetectTask` (``cfg.task``
+    ``det``) or :class:`train.tasks.segment.SegmentTask` (``seg``)."""
+    return train(finetune_task(cfg), out_dir, resume=resume, stop_after=stop_after,
+                 allow_config_change=allow_config_change)
+
+
+def finetune_task(cfg: TrainConfig, nusc=None):
+    """The fine-tuning task of ``cfg.task`` (``det`` or ``seg``); ``nusc``: an opened devkit of the dataroot."""
+    from train.tasks.detect import DetectTask
+    from train.tasks.segment import SegmentTask
+
+    tasks = {"det": DetectTask, "seg": SegmentTask}
+    if cfg.task not in tasks:
+        raise ConfigError("task", cfg.task, "fine-tuning needs det or seg")
+    return tasks[cfg.task](cfg, nusc=nusc)

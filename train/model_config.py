@@ -117,6 +117,15 @@ class PointPillarsConfig:
                    layer_nums=(1, 2, 2), layer_strides=(2, 2, 2), layer_channels=(32, 64, 128),
                    upsample_strides=(1.0, 2.0, 4.0), upsample_channels=(32, 32, 32))
 
+    @classmethod
+    def small_wide(cls) -> PointPillarsConfig:
+        """Detection-capable CPU preset: +-51.2 m (the nuScenes range, so boxes out to ~50 m), pillar 0.8 m
+        (128x128 pillars, the small preset's canvas), the small preset's channels, output stride 1: a 128x128 x 96
+        map at 0.8 m (the nuScenes preset's output grid)."""
+        return cls(point_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0), pillar_size=0.8, pfn_channels=(32, 32),
+                   layer_nums=(1, 2, 2), layer_strides=(1, 2, 2), layer_channels=(32, 64, 128),
+                   upsample_strides=(1.0, 2.0, 4.0), upsample_channels=(32, 32, 32))
+
     @property
     def grid_size(self) -> tuple[int, int]:
         """(ny, nx) pillars of the BEV canvas."""
@@ -343,3 +352,104 @@ class RADConfig:
         _check_int("model.rad.proj_hidden", self.proj_hidden)
         _check_int("model.rad.proj_out", self.proj_out)
         _check_num("model.rad.backbone_lr_mult", self.backbone_lr_mult, strict=False)
+
+
+#: Inputs of a fine-tuning run's BEV map (camera and fusion: not built yet).
+MODALITIES = ("lidar", "camera", "fusion")
+#: What a label fraction's stride runs over (``train.data.fractions.BY``).
+FRACTION_BY = ("scenes", "samples")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning for 3-D detection (``task="det"``) or BEV map segmentation (``task="seg"``), METHOD.md section 4.
+
+    Fields:
+        fraction: share of the training labels, in (0, 1] [paper: 0.05, 0.1, 0.2, 0.5, 1.0];
+            ``fraction_by``: the stride over the training ``scenes`` (default) or keyframes (``samples``, for small
+            generated sets) (:mod:`train.data.fractions`).
+        lidar_sweeps: LiDAR sweeps per keyframe, the keyframe included [nuScenes detectors: 10]; 1 for stores
+            built with ``--sweeps keyframes`` (:mod:`train.data.multisweep`).
+        init: ``none`` (random) or a PRC / RAD checkpoint (file or run folder) whose ``model.backbone`` equals this
+            run's (``train.checkpoint.load_backbone`` refuses any other).
+        modality: ``lidar`` (camera and fusion are not built yet: a ConfigError).
+        freeze_backbone_steps: steps at the start with the backbone's learning rate 0 (a frozen-backbone warm-up
+            of the head; 0: none). backbone_lr_mult: the backbone group's learning-rate multiplier.
+        heatmap_weight, l1_weight, velocity_weight: detection loss = heatmap_weight x focal + l1_weight x sum of
+            the per-channel L1 losses, the two velocity channels weighted ``velocity_weight`` [CenterPoint: 1,
+            0.25, 0.2].
+        seg_x_range, seg_y_range, seg_cell: the segmentation grid in the LiDAR frame [nuScenes / BEVFusion: +-50 m
+            at 0.5 m, 200 x 200]; the head's logits on the backbone's map are resampled onto it (``grid_sample``).
+        seg_channels: hidden channels of the segmentation head. dice_weight: seg loss = BCE + dice_weight x dice.
+        augment: apply the stored augmentation record of view 0 to the training points, boxes and map rasters.
+        eval_split: devkit split evaluated (None: the validation split of the dataroot's version).
+        dataroot: nuScenes dataroot of the annotations and maps (None: the one the store version names; checked
+            against the version's input manifest either way).
+    """
+
+    fraction: float = 1.0
+    fraction_by: str = "scenes"
+    lidar_sweeps: int = 10
+    init: str = "none"
+    modality: str = "lidar"
+    freeze_backbone_steps: int = 0
+    backbone_lr_mult: float = 1.0
+    heatmap_weight: float = 1.0
+    l1_weight: float = 0.25
+    velocity_weight: float = 0.2
+    seg_x_range: tuple[float, float] = (-50.0, 50.0)
+    seg_y_range: tuple[float, float] = (-50.0, 50.0)
+    seg_cell: float = 0.5
+    seg_channels: int = 64
+    dice_weight: float = 1.0
+    augment: bool = True
+    eval_split: str | None = None
+    dataroot: str | None = None
+
+    def __post_init__(self):
+        for name in ("seg_x_range", "seg_y_range"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        object.__setattr__(self, "init", str(self.init))
+        if self.dataroot is not None:
+            object.__setattr__(self, "dataroot", str(self.dataroot))
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 < f <= 1:
+            raise ConfigError("model.finetune.fraction", f, "must be a number in (0, 1] (the paper's: 0.05, 0.1, "
+                              "0.2, 0.5, 1.0)")
+        if self.fraction_by not in FRACTION_BY:
+            raise ConfigError("model.finetune.fraction_by", self.fraction_by, f"must be one of {', '.join(FRACTION_BY)}")
+        _check_int("model.finetune.lidar_sweeps", self.lidar_sweeps)
+        if self.modality not in MODALITIES:
+            raise ConfigError("model.finetune.modality", self.modality, f"must be one of {', '.join(MODALITIES)}")
+        if self.modality != "lidar":
+            raise ConfigError("model.finetune.modality", self.modality,
+                              "camera and fusion fine-tuning are not built yet; use lidar")
+        if not self.init:
+            raise ConfigError("model.finetune.init", self.init, "must be 'none' or a checkpoint file or run folder")
+        _check_int("model.finetune.freeze_backbone_steps", self.freeze_backbone_steps, 0)
+        _check_int("model.finetune.seg_channels", self.seg_channels)
+        for name in ("backbone_lr_mult", "l1_weight", "velocity_weight", "dice_weight"):
+            _check_num(f"model.finetune.{name}", getattr(self, name), strict=False)
+        _check_num("model.finetune.heatmap_weight", self.heatmap_weight)
+        _check_num("model.finetune.seg_cell", self.seg_cell)
+        for name in ("seg_x_range", "seg_y_range"):
+            lo, hi = (getattr(self, name) + (0.0, 0.0))[:2]
+            if len(getattr(self, name)) != 2 or not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+                raise ConfigError(f"model.finetune.{name}", getattr(self, name), "must be (lower, upper), finite")
+            n = (hi - lo) / self.seg_cell
+            if abs(n - round(n)) > 1e-6 * max(1.0, n):
+                raise ConfigError(f"model.finetune.{name}", getattr(self, name),
+                                  f"its length must be a whole number of {self.seg_cell} m cells")
+        if not isinstance(self.augment, bool):
+            raise ConfigError("model.finetune.augment", self.augment, "must be True or False")
+
+    @property
+    def init_checkpoint(self) -> str | None:
+        """The checkpoint to initialise the backbone from, or None (``init="none"``)."""
+        return None if self.init.lower() == "none" else self.init
+
+    @classmethod
+    def matching(cls, backbone: PointPillarsConfig, **kw) -> FinetuneConfig:
+        """A segmentation grid equal to the backbone's output map (no resampling)."""
+        r = backbone.point_range
+        return cls(seg_x_range=(r[0], r[3]), seg_y_range=(r[1], r[4]), seg_cell=backbone.out_cell, **kw)

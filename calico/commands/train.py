@@ -1,5 +1,6 @@
-"""``calico train pretrain-prc | pretrain-rad | probe``: PRC pre-training of the PointPillars backbone, RAD
-distillation into the camera branch, and the probe of pre-trained features, on a store version.
+"""``calico train pretrain-prc | pretrain-rad | finetune | probe``: PRC pre-training of the PointPillars backbone,
+RAD distillation into the camera branch, fine-tuning for 3-D detection or BEV map segmentation with a fraction of
+the labels, and the probe of pre-trained features, on a store version.
 
 Registered in ``calico/cli.py`` as ``calico train``; through ``torchrun``:
 ``torchrun --standalone --nproc-per-node 2 -m calico train pretrain-prc --store S ...`` (or ``pretrain-rad``).
@@ -68,7 +69,8 @@ def run_training(run, cfg, out: Path, resume: bool, allow_config_change: bool) -
 _STORE = typer.Option(..., "--store", callback=checks.folder,
                       help="Store folder written by `calico preprocess run`.")
 _VERSION = typer.Option(None, "--version", help="Store version id or unique prefix (default: the latest).")
-_PRESET = typer.Option("small", "--preset", help="small (CPU, small grid and camera model) or nuscenes "
+_PRESET = typer.Option("small", "--preset", help="small (CPU, +-25.6 m, small camera model), small-wide (CPU, "
+                                                 "+-51.2 m at 0.8 m pillars, for detection) or nuscenes "
                                                  "(+-51.2 m, 0.2 m pillars; Swin-T 256x704).")
 _STEPS = typer.Option(None, "--steps", help="Optimizer steps (optim.max_steps).")
 _BATCH = typer.Option(None, "--batch-size", help="Scans per step and process.")
@@ -131,6 +133,55 @@ def pretrain_rad(
     cfg = train_config(preset, "rad", store, version, steps, batch_size, overrides, teacher=teacher,
                        verify_shards=verify_shards)
     run_training(run, cfg, out, resume, allow_config_change)
+
+
+@app.command("finetune")
+def finetune(
+    task: str = typer.Option(..., "--task", help="det (3-D detection, CenterPoint head) or seg (BEV map "
+                                                 "segmentation)."),
+    store: Path = _STORE,
+    init: str = typer.Option("none", "--init", help="none (random backbone), or a PRC / RAD / fine-tuning run "
+                                                    "folder or checkpoint file with the same backbone config."),
+    fraction: float = typer.Option(1.0, "--fraction", help="Share of the training labels in (0, 1]: 0.05, 0.1, "
+                                                           "0.2, 0.5, 1.0 (a deterministic stride)."),
+    fraction_by: str = typer.Option("scenes", "--fraction-by", help="Stride over the training scenes or keyframes "
+                                                                    "(samples, for small generated sets)."),
+    lidar_sweeps: Optional[int] = typer.Option(None, "--lidar-sweeps",
+                                               help="LiDAR sweeps per keyframe (default 10; 1 for a store built "
+                                                    "with --sweeps keyframes)."),
+    modality: str = typer.Option("lidar", "--modality", help="lidar (camera and fusion are not built yet)."),
+    seed: int = typer.Option(0, "--seed", help="Data order seed (data.seed) and initial weights."),
+    version: Optional[str] = _VERSION,
+    out: Optional[Path] = typer.Option(None, "--out", callback=checks.out_folder,
+                                       help="Run folder (default runs/<task>): checkpoints, metrics.jsonl, "
+                                            "eval.jsonl, loss.png."),
+    preset: str = _PRESET,
+    steps: Optional[int] = _STEPS,
+    batch_size: Optional[int] = _BATCH,
+    overrides: Optional[List[str]] = _SETS,
+    resume: bool = _RESUME,
+    allow_config_change: bool = _ALLOW,
+    verify_shards: bool = _VERIFY,
+) -> None:
+    """Fine-tune for --task det|seg on --fraction of the training labels, evaluating on the validation split every
+    eval_every steps and at the end (the devkit's DetectionEval / BEVFusion's IoU, in OUT/eval.jsonl; the best
+    checkpoint by NDS / mIoU is kept). The selected keyframes are recorded in every checkpoint. Resumes from --out.
+    Score a checkpoint afterwards with `calico eval det|seg --checkpoint OUT`."""
+    from shared.errors import ConfigError
+    from train.checkpoint import resolve_checkpoint
+    from train.config import FINETUNE_TASKS
+    from train.loop import finetune as run
+
+    if task not in FINETUNE_TASKS:
+        raise ConfigError("--task", task, f"must be one of {', '.join(FINETUNE_TASKS)}")
+    init_path = "none" if init.lower() == "none" else str(resolve_checkpoint(init).resolve())
+    sets = [f"data.seed={seed}", f"model.finetune.fraction={fraction!r}", f"model.finetune.fraction_by={fraction_by!r}",
+            f"model.finetune.init={init_path!r}", f"model.finetune.modality={modality!r}"]
+    if lidar_sweeps is not None:
+        sets.append(f"model.finetune.lidar_sweeps={lidar_sweeps}")
+    cfg = train_config(preset, task, store, version, steps, batch_size, sets + list(overrides or []),
+                       verify_shards=verify_shards)
+    run_training(run, cfg, out if out is not None else Path("runs") / task, resume, allow_config_change)
 
 
 @app.command("probe")

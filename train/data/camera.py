@@ -307,6 +307,29 @@ def check_dataroot(nusc, dataroot: str | Path, info: dict) -> dict:
     return actual
 
 
+def version_dataroot(v, dataroot: str | Path | None = None, nusc=None, field: str = "images.dataroot"):
+    """(absolute dataroot, opened devkit ``NuScenes``) of store version ``v`` (a :class:`StoreVersion`):
+    ``dataroot``, else ``nusc``'s, else the one the version's ``dataset`` record names; opened (unless ``nusc`` is
+    given) and checked against the version's input manifest (:func:`check_dataroot`). ``field``: the setting
+    named when the version records none."""
+    info = v.info
+    ds = info.get("dataset", {})
+    nus_version = ds.get("version") or v.spec.get("dataset_version")
+    dataroot = dataroot or (nusc.dataroot if nusc is not None else None) or ds.get("dataroot")
+    if not dataroot:
+        raise ConfigError(field, None, f"store version {v.id} records no dataroot; set it")
+    dataroot = str(Path(dataroot).resolve())
+    if nusc is None:
+        from shared.nuscenes_io import open_nuscenes
+
+        nusc = open_nuscenes(dataroot, nus_version, validate=False)
+    elif Path(nusc.dataroot).resolve() != Path(dataroot) or nusc.version != nus_version:
+        raise ConfigError("nusc", f"{nusc.dataroot} ({nusc.version})",
+                          f"must be the devkit of {dataroot} ({nus_version})")
+    check_dataroot(nusc, dataroot, info)
+    return dataroot, nusc
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The stream
 # --------------------------------------------------------------------------------------------------------------
@@ -334,21 +357,7 @@ class CameraStream(StoreStream):
             raise ConfigError("data.n_rich", n_rich, "n_rich + n_less must be > 0")
         self.point_range = check_range(point_range)
         v = open_version(store, version, verify_checksums=kw.get("verify_checksums", True))
-        info = v.info
-        ds = info.get("dataset", {})
-        nus_version = ds.get("version") or v.spec.get("dataset_version")
-        dataroot = images.dataroot or (nusc.dataroot if nusc is not None else None) or ds.get("dataroot")
-        if not dataroot:
-            raise ConfigError("images.dataroot", None, f"store version {v.id} records no dataroot; set it")
-        dataroot = str(Path(dataroot).resolve())
-        if nusc is None:
-            from shared.nuscenes_io import open_nuscenes
-
-            nusc = open_nuscenes(dataroot, nus_version, validate=False)
-        elif Path(nusc.dataroot).resolve() != Path(dataroot) or nusc.version != nus_version:
-            raise ConfigError("nusc", f"{nusc.dataroot} ({nusc.version})",
-                              f"must be the devkit of {dataroot} ({nus_version})")
-        check_dataroot(nusc, dataroot, info)
+        dataroot, nusc = version_dataroot(v, images.dataroot, nusc, "images.dataroot")
         #: The nuScenes dataroot the images are read from (absolute).
         self.dataroot: str = dataroot
         cams: dict[str, dict[str, str]] = {}
