@@ -10,7 +10,8 @@ from shared.paths import REPO_ROOT
 
 def _demo(workdir, *extra):
     return subprocess.run([sys.executable, "-m", "calico", "demo", "--workdir", str(workdir), "--preset", "tiny",
-                           "--workers", "1", "--train-steps", "4", "--rad-steps", "2", *extra], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+                           "--workers", "1", "--train-steps", "4", "--rad-steps", "2", "--finetune-steps", "2",
+                           *extra], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
 
 
 @pytest.mark.slow
@@ -19,8 +20,8 @@ def test_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path):
     first = _demo(work)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
-    for step in ("[1/7] generating", "[2/7] nuscenes-devkit loaded", "[3/7]", "[4/7] store verified",
-                 "[5/7] PRC pre-training", "[6/7] RAD distillation", "[7/7]"):
+    for step in ("[1/8] generating", "[2/8] nuscenes-devkit loaded", "[3/8]", "[4/8] store verified",
+                 "[5/8] PRC pre-training", "[6/8] RAD distillation", "[7/8] detection fine-tuning", "[8/8]"):
         assert step in out
     versions = list((work / "store" / "versions").iterdir())
     assert len(versions) == 1
@@ -33,12 +34,15 @@ def test_demo_runs_end_to_end_and_reuses_its_outputs(tmp_path):
 
     second = _demo(work, "--no-evaluate")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "[1/7] reusing" in second.stdout and "already committed" in second.stdout + second.stderr
+    assert "[1/8] reusing" in second.stdout and "already committed" in second.stdout + second.stderr
     assert {p: p.stat().st_mtime_ns for p in versions[0].rglob("manifest.json")} == mtimes  # nothing rewritten
     assert list((work / "store" / "versions").iterdir()) == versions
     runs = sorted((work / "runs").iterdir())
-    assert [r.name.split("-")[0] for r in runs] == ["prc", "rad"]
+    assert [r.name.split("-")[0] for r in runs] == ["det", "prc", "rad"]
     assert all((r / "metrics.jsonl").is_file() and (r / "loss.png").is_file() for r in runs)
+    scores = [json.loads(ln) for ln in (work / "runs" / f"det-{versions[0].name}" / "eval.jsonl").read_text().splitlines()]
+    assert scores and 0.0 <= scores[-1]["mAP"] <= 1.0 and 0.0 <= scores[-1]["NDS"] <= 1.0  # the devkit scored it
+    assert "devkit on the validation split: mAP" in out
 
 
 def test_demo_refuses_a_workdir_holding_another_dataset(tmp_path):

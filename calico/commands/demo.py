@@ -50,6 +50,8 @@ def demo(
     workers: int = typer.Option(2, help="Dask worker processes for the preprocessing stage."),
     train_steps: int = typer.Option(40, help="PRC pre-training steps (the CPU 'small' preset; 0 skips training)."),
     rad_steps: int = typer.Option(20, help="RAD distillation steps after PRC (the CPU 'small' preset; 0 skips it)."),
+    finetune_steps: int = typer.Option(20, help="Detection fine-tuning steps from the PRC backbone (the CPU 'small' "
+                                                "preset, one sweep; 0 skips it)."),
     evaluate: bool = typer.Option(True, help="Run nuscenes-devkit's DetectionEval on the ground truth."),
 ) -> None:
     """Generate a small synthetic nuScenes dataset and run the pipeline on it end to end."""
@@ -73,12 +75,12 @@ def demo(
     made = json.loads(marker.read_text()) if marker.is_file() else {}
     if made.get("preset") == preset and made.get("seed") == seed and dataroot.is_dir():
         version = made["version"]
-        console.print(f"[1/7] reusing the generated '{preset}' dataset at {dataroot} ({version})")
+        console.print(f"[1/8] reusing the generated '{preset}' dataset at {dataroot} ({version})")
     else:
         if dataroot.exists():
             raise typer.BadParameter(f"{dataroot} exists but holds another dataset than preset={preset} "
                                      f"seed={seed}; remove it or choose another --workdir", param_hint="--workdir")
-        console.print(f"[1/7] generating the '{preset}' synthetic nuScenes dataset into {dataroot}")
+        console.print(f"[1/8] generating the '{preset}' synthetic nuScenes dataset into {dataroot}")
         dataroot, version = generate(dataroot, preset=preset, seed=seed, progress=True)
         marker.write_text(json.dumps({"preset": preset, "seed": seed, "version": version}))
 
@@ -86,12 +88,12 @@ def demo(
     nusc = open_nuscenes(dataroot, version)
     scenes = list(iter_scenes(nusc))
     n_key = sum(len(list(iter_lidar_tokens(nusc, s, keyframes_only=True))) for s in scenes)
-    console.print(f"[2/7] nuscenes-devkit loaded {version}: {len(scenes)} scenes, {n_key} keyframe sweeps, "
+    console.print(f"[2/8] nuscenes-devkit loaded {version}: {len(scenes)} scenes, {n_key} keyframe sweeps, "
                   f"{len(nusc.sample_annotation)} annotations")
 
     # 3. the preprocessing stage into a versioned store
     store = workdir / "store"
-    console.print(f"[3/7] preprocessing the keyframe sweeps into {store} ({workers} Dask workers, "
+    console.print(f"[3/8] preprocessing the keyframe sweeps into {store} ({workers} Dask workers, "
                   f"{backend.upper()} backend)")
     summary = run_stage(dataroot, version, store, SweepConfig(), sweeps="keyframes", backend=backend, seed=seed,
                         workers=workers, progress=True, log=lambda *a: console.print(*a), argv=sys.argv)
@@ -105,7 +107,7 @@ def demo(
         for line in report.lines():
             console.print(line)
         raise typer.Exit(1)
-    console.print("[4/7] store verified (every shard matches its manifest); calico catalog show, stats, report:")
+    console.print("[4/8] store verified (every shard matches its manifest); calico catalog show, stats, report:")
     catalog_show(store=store, version=summary.version, as_json=False)
     catalog_stats(store=store, version=summary.version, as_json=False)
     page = write_report(store, summary.version, workdir / "reports", ReportConfig(n_sweeps=2),
@@ -120,7 +122,7 @@ def demo(
         run_dir = workdir / "runs" / f"prc-{summary.version}"
         cfg = with_overrides(small(str(store), summary.version), [f"optim.max_steps={train_steps}",
                                                                    f"ckpt_every={max(1, train_steps // 2)}"])
-        console.print(f"[5/7] PRC pre-training: {train_steps} steps of the 'small' preset into {run_dir}")
+        console.print(f"[5/8] PRC pre-training: {train_steps} steps of the 'small' preset into {run_dir}")
         result = pretrain_prc(cfg, run_dir)
         console.print(f"      step {result['step']}: {_loss_summary(run_dir, 'loss')}")
 
@@ -132,18 +134,38 @@ def demo(
         rad_dir = workdir / "runs" / f"rad-{summary.version}"
         rcfg = train_config("small", "rad", store, summary.version, rad_steps, None,
                             [f"ckpt_every={max(1, rad_steps // 2)}"], teacher=run_dir)
-        console.print(f"[6/7] RAD distillation: {rad_steps} steps of the 'small' preset ({rcfg.camera.backbone} "
+        console.print(f"[6/8] RAD distillation: {rad_steps} steps of the 'small' preset ({rcfg.camera.backbone} "
                       f"at {rcfg.camera.image_size[0]}x{rcfg.camera.image_size[1]}, six cameras) into {rad_dir}")
         result = pretrain_rad(rcfg, rad_dir)
         console.print(f"      step {result['step']}: {_loss_summary(rad_dir, 'RAD loss')}")
 
-    # 7. the evaluation path
+    # 7. detection fine-tuning from the PRC backbone, scored by the devkit on the validation split
+    if train_steps > 0 and finetune_steps > 0:
+        from calico.commands.train import train_config
+        from train.checkpoint import resolve_checkpoint
+        from train.loop import finetune, read_metrics
+
+        det_dir = workdir / "runs" / f"det-{summary.version}"
+        init = resolve_checkpoint(run_dir).resolve()
+        dcfg = train_config("small", "det", store, summary.version, finetune_steps, None,
+                            [f"ckpt_every={max(1, finetune_steps // 2)}", f"model.finetune.init={str(init)!r}",
+                             "model.finetune.lidar_sweeps=1"])
+        console.print(f"[7/8] detection fine-tuning: {finetune_steps} steps of the 'small' preset from {init.name} "
+                      f"of the PRC run, one sweep, into {det_dir}")
+        result = finetune(dcfg, det_dir)
+        scores = read_metrics(det_dir / "eval.jsonl")
+        last = scores[-1] if scores else {}
+        console.print(f"      step {result['step']}: {_loss_summary(det_dir, 'loss')}; devkit on the validation "
+                      f"split: mAP {last.get('mAP', float('nan')):.3f}, NDS {last.get('NDS', float('nan')):.3f} "
+                      f"(a few steps on a few scenes: a smoke test of the path, not a result)")
+
+    # 8. the evaluation path
     if evaluate:
         from train.eval.detection import evaluate_detection, gt_submission
 
         split = "mini_val" if "mini" in version else "val"
         metrics = evaluate_detection(nusc, gt_submission(nusc, split), split, workdir / "eval")
-        console.print(f"[7/7] DetectionEval ({split}) of the ground truth: mAP {metrics['mean_ap']:.3f}, "
+        console.print(f"[8/8] DetectionEval ({split}) of the ground truth: mAP {metrics['mean_ap']:.3f}, "
                       f"NDS {metrics['nd_score']:.3f}")
     console.print(f"[green]demo finished[/green]: outputs under {workdir}; try "
                   f"`calico catalog show --store {store}`")
