@@ -16,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from calico.commands import checks
+from calico.commands.output import console
 
 catalog_app = typer.Typer(help="Find and audit region-cache store versions.", no_args_is_help=True)
 
@@ -118,14 +119,6 @@ def verify(
     raise typer.Exit(1 if bad else 0)
 
 
-def _console():
-    """A rich Console; when the output is not a terminal (a pipe, a file), wide enough not to cut columns."""
-    from rich.console import Console
-
-    c = Console()
-    return c if c.is_terminal else Console(width=200)
-
-
 def _defaults() -> dict:
     """The preprocessing defaults that versions are compared with (the CLI may import every wing)."""
     from preprocess.sweep import SweepConfig
@@ -167,7 +160,7 @@ def list_versions(
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "(defaults)"
         t.add_row(r["id"], r["created"], r["dataset"], r["sweeps"], str(r["seed"]), r["scenes"], params)
-    _console().print(t)
+    console().print(t)
 
 
 @catalog_app.command("show")
@@ -194,7 +187,7 @@ def show(
     if as_json:
         typer.echo(json.dumps(doc, indent=1, default=str))
         return
-    c = _console()
+    c = console()
     c.print(f"[bold]version {v.id}[/bold]  {v.path}")
     c.print(f"created {doc['created']}; dataset {v.spec['dataset_version']} (manifest "
             f"{v.spec['manifest_sha256'][:16]}), sweeps {v.spec['sweeps']}, seed {v.spec['seed']}, code "
@@ -242,7 +235,7 @@ def stats(
         t.add_column(name.replace("audit_", ""), justify="left" if name == "scene" else "right")
     for r in rows:
         t.add_row(*[fmt.format(r[name]) if r[name] is not None else "-" for name, fmt in cols])
-    _console().print(t)
+    console().print(t)
     for line in audit_lines(summ):
         typer.echo(line)
 
@@ -326,7 +319,7 @@ def diff(
         return
     from rich.table import Table
 
-    c = _console()
+    c = console()
     c.print(f"[bold]{va.id}[/bold] -> [bold]{vb.id}[/bold]")
     for k, (x, y) in spec.items():
         c.print(f"  {k}: {x!r} -> {y!r}")
@@ -431,7 +424,7 @@ def gc(
         t.add_column(c, justify="right" if c == "size" else "left")
     for v in plan.versions:
         t.add_row(v.id, v.created, human_bytes(v.bytes), v.action, v.reason)
-    _console().print(t)
+    console().print(t)
     if plan.trash:
         typer.echo(f"trash/: {len(plan.trash)} leftover folder(s) of an earlier gc, {human_bytes(plan.trash_bytes)}")
     if dry_run:
