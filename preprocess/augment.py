@@ -35,6 +35,7 @@ from shared.augment_params import (  # noqa: F401
     apply_inverse,
     as_matrix,
     inverse_matrix,
+    records_from_draws,
 )
 from shared.errors import ConfigError
 
@@ -111,11 +112,5 @@ def sample_views(cfg: AugmentConfig, seed: int, token: str | int) -> np.ndarray:
     v = int(cfg.num_views)
     u = rng.random((v, 4))
     normal = rng.standard_normal((v, 3))
-    lo, hi = cfg.rotation_rad
-    out = np.empty((v, NUM_PARAMS), dtype=np.float64)
-    out[:, 0] = lo + (hi - lo) * u[:, 0]
-    out[:, 1] = cfg.scale[0] + (cfg.scale[1] - cfg.scale[0]) * u[:, 1]
-    out[:, 2] = u[:, 2] < cfg.flip_x_prob
-    out[:, 3] = u[:, 3] < cfg.flip_y_prob
-    out[:, 4:7] = normal * np.asarray(cfg.translation_std, dtype=np.float64) + 0.0  # + 0.0: no -0.0
-    return out.astype(np.float32)
+    return records_from_draws(u, normal, cfg.rotation_rad, cfg.scale, cfg.flip_x_prob, cfg.flip_y_prob,
+                              cfg.translation_std)

@@ -24,7 +24,29 @@ from shared.errors import ConfigError
 PARAM_FIELDS: tuple[str, ...] = ("angle", "scale", "flip_x", "flip_y", "tx", "ty", "tz")
 NUM_PARAMS = len(PARAM_FIELDS)
 
-__all__ = ["NUM_PARAMS", "PARAM_FIELDS", "apply", "apply_inverse", "as_matrix", "inverse_matrix"]
+__all__ = ["NUM_PARAMS", "PARAM_FIELDS", "apply", "apply_inverse", "as_matrix", "inverse_matrix", "records_from_draws"]
+
+
+def records_from_draws(u: np.ndarray, normal: np.ndarray, rotation_rad: tuple[float, float],
+                       scale: tuple[float, float], flip_x_prob: float, flip_y_prob: float,
+                       translation_std) -> np.ndarray:
+    """Records of :data:`PARAM_FIELDS` from uniform and normal draws: (V, 7) float32.
+
+    u: (V, 4) uniform [0, 1) draws (angle, scale, flip x, flip y); normal: (V, 3) standard normal draws
+    (translation). The angle is uniform in ``rotation_rad``, the scale uniform in ``scale``, a flip is on where its
+    draw is below its probability, the translation is ``normal * translation_std``. Used by the preprocessing's
+    two-view sampler and by the fine-tuning stream's per-epoch augmentation, so both draw records alike.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    normal = np.asarray(normal, dtype=np.float64)
+    lo, hi = rotation_rad
+    out = np.empty((len(u), NUM_PARAMS), dtype=np.float64)
+    out[:, 0] = lo + (hi - lo) * u[:, 0]
+    out[:, 1] = scale[0] + (scale[1] - scale[0]) * u[:, 1]
+    out[:, 2] = u[:, 2] < flip_x_prob
+    out[:, 3] = u[:, 3] < flip_y_prob
+    out[:, 4:7] = normal * np.asarray(translation_std, dtype=np.float64) + 0.0  # + 0.0: no -0.0
+    return out.astype(np.float32)
 
 
 def _check_params(params: np.ndarray) -> np.ndarray:

@@ -244,7 +244,17 @@ class TrainConfig:
                                   f"must equal model.camera.image_size {self.camera.image_size}")
             self.lss  # noqa: B018
         if self.task in FINETUNE_TASKS:
-            self.finetune  # noqa: B018
+            ft = self.finetune
+            if ft.uses_camera:
+                missing = [k for k in ("camera", "lss") if k not in self.model]
+                if missing:
+                    raise ConfigError("model.finetune.modality", ft.modality,
+                                      f"needs the camera branch's model.{' and model.'.join(missing)}: pass "
+                                      "--modality (the presets add them) rather than --set model.finetune.modality")
+                if self.images.size != self.camera.image_size:
+                    raise ConfigError("images.size", self.images.size,
+                                      f"must equal model.camera.image_size {self.camera.image_size}")
+                self.lss  # noqa: B018
             self.center_head  # noqa: B018
 
     @staticmethod
@@ -294,7 +304,8 @@ class TrainConfig:
 
     @property
     def center_head(self):
-        """The detection head on the backbone's output map (:class:`train.data.det_targets.CenterHeadConfig`)."""
+        """The detection head on the backbone's output map (:class:`train.data.det_targets.CenterHeadConfig`); its
+        input channels are the camera BEV's (``lss.bev_channels``) for ``modality="camera"``."""
         from train.data.det_targets import CenterHeadConfig
 
         head = dict(self.model.get("head", {}))
@@ -302,8 +313,11 @@ class TrainConfig:
             raise ConfigError("model.head", sorted(head), f"{', '.join(_HEAD_FROM_BACKBONE)} come from model.backbone "
                               "(the head reads the backbone's output map)")
         bb = self.backbone
+        # the head reads the LiDAR map (lidar; fusion: the fuser's output has the LiDAR channels) or the camera's
+        ft = self.model.get("finetune") or {}
+        cin = self.lss.bev_channels if ft.get("modality", "lidar") == "camera" else bb.out_channels
         return self._section(CenterHeadConfig, dict(head, point_range=bb.point_range, cell=bb.out_cell,
-                                                    in_channels=bb.out_channels), "head")
+                                                    in_channels=cin), "head")
 
     def to_dict(self) -> dict:
         """Plain JSON-able values (tuples as lists)."""
@@ -361,51 +375,61 @@ SMALL_HEAD = {"shared_channels": 32, "head_channels": 32}
 
 
 def small(store: str = "", version: str | None = None, task: str = "prc",
-          backbone: PointPillarsConfig | None = None) -> TrainConfig:
+          backbone: PointPillarsConfig | None = None, modality: str = "lidar") -> TrainConfig:
     """CPU preset: ``PointPillarsConfig.small()`` (+-25.6 m, pillar 0.4 m, 128x128 pillars, 64x64 output at
     0.8 m), 2 scans of 256 + 256 points, short warmup. RAD: the small timm camera backbone (resnet18) at 96x256,
     depth bins 1-36 m at 1 m (the grid's corner is 36 m away; 1-60 m with a wider backbone), 32 lifted channels,
     a 64-channel camera BEV. det / seg: a 32-channel CenterPoint head, the segmentation grid equal to the
-    backbone's output map, 10 sweeps, an evaluation every 50 steps (ranked by NDS / mIoU). ``backbone``: another
-    LiDAR backbone (:func:`small_wide` passes ``PointPillarsConfig.small_wide()``)."""
+    backbone's output map, 10 sweeps, an evaluation every 50 steps (ranked by NDS / mIoU); ``modality``
+    ``camera`` / ``fusion`` add RAD's camera branch and images (so that a RAD run of this preset initialises
+    it) and 2 DataLoader workers. ``backbone``: another LiDAR backbone (:func:`small_wide` passes
+    ``PointPillarsConfig.small_wide()``)."""
     bb = backbone if backbone is not None else PointPillarsConfig.small()
     model = {"backbone": plain(dataclasses.asdict(bb)), "prc": {}}
     images = ImageConfig()
-    if task == "rad":
+    cameras = task == "rad" or (task in FINETUNE_TASKS and modality != "lidar")
+    if cameras:
         cam = CameraConfig.small()
         far = math.hypot(*bb.point_range[3:5])
-        model |= {"camera": plain(dataclasses.asdict(cam)), "rad": {},
+        model |= {"camera": plain(dataclasses.asdict(cam)),
                   "lss": {"depth_bins": [1.0, 36.0 if far <= 36.0 else 60.0, 1.0], "channels": 32,
                           "bev_channels": 64}}
         images = ImageConfig(size=cam.image_size)
+    if task == "rad":
+        model["rad"] = {}
     if task in FINETUNE_TASKS:
-        model |= {"head": dict(SMALL_HEAD), "finetune": plain(dataclasses.asdict(FinetuneConfig.matching(bb)))}
+        model |= {"head": dict(SMALL_HEAD),
+                  "finetune": plain(dataclasses.asdict(FinetuneConfig.matching(bb, modality=modality)))}
     return TrainConfig(
         task=task,
-        data=DataConfig(store=store, version=version, batch_size=2, num_workers=2 if task == "rad" else 0,
+        data=DataConfig(store=store, version=version, batch_size=2, num_workers=2 if cameras else 0,
                         n_rich=256, n_less=256, point_range=bb.point_range),
         optim=OptimConfig(lr=1e-3, warmup_steps=10, max_steps=200), images=images,
         model=model, log_every=1, ckpt_every=50, eval_every=50 if task in FINETUNE_TASKS else 0)
 
 
-def small_wide(store: str = "", version: str | None = None, task: str = "prc") -> TrainConfig:
+def small_wide(store: str = "", version: str | None = None, task: str = "prc", modality: str = "lidar"
+               ) -> TrainConfig:
     """:func:`small` on ``PointPillarsConfig.small_wide()``: +-51.2 m at 0.8 m pillars (128x128 canvas and output
     map), so that detection sees boxes out to ~50 m as on nuScenes. PRC / RAD runs meant to initialise a
     fine-tuning run of this preset must be trained with it too (the backbones must be equal)."""
-    return small(store, version, task, backbone=PointPillarsConfig.small_wide())
+    return small(store, version, task, backbone=PointPillarsConfig.small_wide(), modality=modality)
 
 
-def nuscenes(store: str = "", version: str | None = None, task: str = "prc") -> TrainConfig:
+def nuscenes(store: str = "", version: str | None = None, task: str = "prc", modality: str = "lidar"
+             ) -> TrainConfig:
     """The paper's setting: +-51.2 m, pillar 0.2 m (512x512), N = M = 1024, AdamW lr 1e-4, wd 0.01. RAD: Swin-T at
     256x704, six cameras, an FPN to 256 channels at stride 8, LSS bins 1-60 m at 0.5 m, 80 channels, onto the
     128x128 / 0.8 m output grid of the LiDAR backbone (METHOD.md section 7), batch 1 per process. det / seg:
     CenterPoint's head (64 channels), 10 sweeps, the 200x200 / 0.5 m segmentation grid, evaluation every 1000
-    steps."""
+    steps; ``modality`` ``camera`` / ``fusion`` add RAD's camera branch (Swin-T 256x704, the same LSS)."""
     model = {"backbone": plain(dataclasses.asdict(PointPillarsConfig())), "prc": {}}
+    if task == "rad" or (task in FINETUNE_TASKS and modality != "lidar"):
+        model |= {"camera": plain(dataclasses.asdict(CameraConfig())), "lss": {}}
     if task == "rad":
-        model |= {"camera": plain(dataclasses.asdict(CameraConfig())), "lss": {}, "rad": {}}
+        model["rad"] = {}
     if task in FINETUNE_TASKS:
-        model |= {"head": {}, "finetune": {}}
+        model |= {"head": {}, "finetune": {"modality": modality} if modality != "lidar" else {}}
     return TrainConfig(
         task=task,
         data=DataConfig(store=store, version=version, batch_size=1 if task == "rad" else 4, num_workers=4,

@@ -354,10 +354,12 @@ class RADConfig:
         _check_num("model.rad.backbone_lr_mult", self.backbone_lr_mult, strict=False)
 
 
-#: Inputs of a fine-tuning run's BEV map (camera and fusion: not built yet).
+#: Inputs of a fine-tuning run's BEV map: the LiDAR backbone's, the camera branch's (LSS), or both fused.
 MODALITIES = ("lidar", "camera", "fusion")
 #: What a label fraction's stride runs over (``train.data.fractions.BY``).
 FRACTION_BY = ("scenes", "samples")
+#: Where a fine-tuning keyframe's augmentation comes from (``FinetuneConfig.augment_draw``).
+AUGMENT_DRAWS = ("random", "stored")
 
 
 @dataclass(frozen=True)
@@ -372,7 +374,10 @@ class FinetuneConfig:
             built with ``--sweeps keyframes`` (:mod:`train.data.multisweep`).
         init: ``none`` (random) or a PRC / RAD checkpoint (file or run folder) whose ``model.backbone`` equals this
             run's (``train.checkpoint.load_backbone`` refuses any other).
-        modality: ``lidar`` (camera and fusion are not built yet: a ConfigError).
+        modality: the head's BEV input: ``lidar`` (the PointPillars output map), ``camera`` (the camera branch's
+            LSS map, ``model.camera`` / ``model.lss``, on the same grid) or ``fusion`` (both, concatenated and
+            fused by a 3x3 conv + BN + ReLU to the LiDAR channels, BEVFusion's ``ConvFuser``). A ``init`` RAD
+            checkpoint then also gives the camera branch (its ``student.``).
         freeze_backbone_steps: steps at the start with the backbone's learning rate 0 (a frozen-backbone warm-up
             of the head; 0: none). backbone_lr_mult: the backbone group's learning-rate multiplier.
         heatmap_weight, l1_weight, velocity_weight: detection loss = heatmap_weight x focal + l1_weight x sum of
@@ -381,7 +386,12 @@ class FinetuneConfig:
         seg_x_range, seg_y_range, seg_cell: the segmentation grid in the LiDAR frame [nuScenes / BEVFusion: +-50 m
             at 0.5 m, 200 x 200]; the head's logits on the backbone's map are resampled onto it (``grid_sample``).
         seg_channels: hidden channels of the segmentation head. dice_weight: seg loss = BCE + dice_weight x dice.
-        augment: apply the stored augmentation record of view 0 to the training points, boxes and map rasters.
+        augment: augment the training points, boxes and map rasters (one similarity transform per keyframe, the
+            same for all three). augment_draw: ``random`` = a fresh transform per keyframe and epoch, seeded by
+            (data.seed, epoch, keyframe) [ours; CenterPoint's nuScenes recipe for the ranges below], or ``stored`` =
+            the store's view-0 record (fixed per keyframe: every epoch sees the same transform).
+            aug_rotation_deg, aug_scale, aug_flip_prob (each of x and y), aug_translation_std (x, y, z):
+            the ``random`` draw's ranges [CenterPoint nuScenes: +-22.5 deg, 0.95-1.05, 0.5, 0].
         eval_split: devkit split evaluated (None: the validation split of the dataroot's version).
         dataroot: nuScenes dataroot of the annotations and maps (None: the one the store version names; checked
             against the version's input manifest either way).
@@ -403,11 +413,16 @@ class FinetuneConfig:
     seg_channels: int = 64
     dice_weight: float = 1.0
     augment: bool = True
+    augment_draw: str = "random"
+    aug_rotation_deg: tuple[float, float] = (-22.5, 22.5)
+    aug_scale: tuple[float, float] = (0.95, 1.05)
+    aug_flip_prob: float = 0.5
+    aug_translation_std: tuple[float, float, float] = (0.0, 0.0, 0.0)
     eval_split: str | None = None
     dataroot: str | None = None
 
     def __post_init__(self):
-        for name in ("seg_x_range", "seg_y_range"):
+        for name in ("seg_x_range", "seg_y_range", "aug_rotation_deg", "aug_scale", "aug_translation_std"):
             object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
         object.__setattr__(self, "init", str(self.init))
         if self.dataroot is not None:
@@ -421,9 +436,6 @@ class FinetuneConfig:
         _check_int("model.finetune.lidar_sweeps", self.lidar_sweeps)
         if self.modality not in MODALITIES:
             raise ConfigError("model.finetune.modality", self.modality, f"must be one of {', '.join(MODALITIES)}")
-        if self.modality != "lidar":
-            raise ConfigError("model.finetune.modality", self.modality,
-                              "camera and fusion fine-tuning are not built yet; use lidar")
         if not self.init:
             raise ConfigError("model.finetune.init", self.init, "must be 'none' or a checkpoint file or run folder")
         _check_int("model.finetune.freeze_backbone_steps", self.freeze_backbone_steps, 0)
@@ -442,6 +454,31 @@ class FinetuneConfig:
                                   f"its length must be a whole number of {self.seg_cell} m cells")
         if not isinstance(self.augment, bool):
             raise ConfigError("model.finetune.augment", self.augment, "must be True or False")
+        if self.augment_draw not in AUGMENT_DRAWS:
+            raise ConfigError("model.finetune.augment_draw", self.augment_draw,
+                              f"must be one of {', '.join(AUGMENT_DRAWS)}")
+        for name, lo_min in (("aug_rotation_deg", -180.0), ("aug_scale", 1e-6)):
+            v = getattr(self, name)
+            if len(v) != 2 or not all(math.isfinite(x) for x in v) or v[0] > v[1] or v[0] < lo_min:
+                raise ConfigError(f"model.finetune.{name}", v,
+                                  f"must be (low, high), finite, low <= high, low >= {lo_min:g}")
+        if self.aug_rotation_deg[1] > 180.0:
+            raise ConfigError("model.finetune.aug_rotation_deg", self.aug_rotation_deg, "must lie within -180..180")
+        if not (isinstance(self.aug_flip_prob, (int, float)) and 0.0 <= self.aug_flip_prob <= 1.0):
+            raise ConfigError("model.finetune.aug_flip_prob", self.aug_flip_prob, "must be a probability in [0, 1]")
+        t = self.aug_translation_std
+        if len(t) != 3 or not all(math.isfinite(x) and x >= 0 for x in t):
+            raise ConfigError("model.finetune.aug_translation_std", t, "must be three finite numbers >= 0 (x, y, z)")
+
+    @property
+    def uses_lidar(self) -> bool:
+        """The LiDAR backbone is part of the model (``lidar`` and ``fusion``)."""
+        return self.modality in ("lidar", "fusion")
+
+    @property
+    def uses_camera(self) -> bool:
+        """The camera branch is part of the model and the stream reads the images (``camera`` and ``fusion``)."""
+        return self.modality in ("camera", "fusion")
 
     @property
     def init_checkpoint(self) -> str | None:

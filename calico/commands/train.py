@@ -28,16 +28,17 @@ def _group() -> None:
 
 def train_config(preset: str, task: str, store: Path, version: str | None, steps: int | None = None,
                  batch_size: int | None = None, overrides: list[str] | None = None, teacher: Path | None = None,
-                 verify_shards: bool = True):
+                 verify_shards: bool = True, modality: str | None = None):
     """The preset of ``task`` with the command's options and ``--set`` overrides applied (in that order); for RAD
-    the LiDAR backbone (and PRC head) configuration comes from the teacher checkpoint."""
+    the LiDAR backbone (and PRC head) configuration comes from the teacher checkpoint. ``modality``: fine-tuning's
+    BEV input (the preset adds the camera branch for camera / fusion)."""
     from shared.errors import ConfigError
     from train.checkpoint import load_checkpoint, resolve_checkpoint
     from train.config import PRESETS, with_overrides, with_teacher
 
     if preset not in PRESETS:
         raise ConfigError("--preset", preset, f"must be one of {', '.join(PRESETS)}")
-    base = PRESETS[preset](task=task)
+    base = PRESETS[preset](task=task, **({} if modality is None else {"modality": modality}))
     if teacher is not None:
         path = resolve_checkpoint(teacher)
         base = with_teacher(base, path.resolve(), load_checkpoint(path)["config"])
@@ -141,7 +142,9 @@ def finetune(
                                                  "segmentation)."),
     store: Path = _STORE,
     init: str = typer.Option("none", "--init", help="none (random backbone), or a PRC / RAD / fine-tuning run "
-                                                    "folder or checkpoint file with the same backbone config."),
+                                                    "folder or checkpoint file with the same backbone config; a "
+                                                    "RAD run also gives the camera branch (same camera and LSS "
+                                                    "config), a PRC run the LiDAR backbone only."),
     fraction: float = typer.Option(1.0, "--fraction", help="Share of the training labels in (0, 1]: 0.05, 0.1, "
                                                            "0.2, 0.5, 1.0 (a deterministic stride)."),
     fraction_by: str = typer.Option("scenes", "--fraction-by", help="Stride over the training scenes or keyframes "
@@ -149,7 +152,10 @@ def finetune(
     lidar_sweeps: Optional[int] = typer.Option(None, "--lidar-sweeps",
                                                help="LiDAR sweeps per keyframe (default 10; 1 for a store built "
                                                     "with --sweeps keyframes)."),
-    modality: str = typer.Option("lidar", "--modality", help="lidar (camera and fusion are not built yet)."),
+    modality: str = typer.Option("lidar", "--modality",
+                                 help="The head's BEV input: lidar (PointPillars), camera (the six images lifted "
+                                      "by LSS onto the same grid) or fusion (both, concatenated + a conv fuser). "
+                                      "camera / fusion take the camera branch from a RAD --init (its student)."),
     seed: int = typer.Option(0, "--seed", help="Data order seed (data.seed) and initial weights."),
     version: Optional[str] = _VERSION,
     out: Optional[Path] = typer.Option(None, "--out", callback=checks.out_folder,
@@ -163,7 +169,8 @@ def finetune(
     allow_config_change: bool = _ALLOW,
     verify_shards: bool = _VERIFY,
 ) -> None:
-    """Fine-tune for --task det|seg on --fraction of the training labels, evaluating on the validation split every
+    """Fine-tune for --task det|seg on --fraction of the training labels, from --modality lidar, camera or fusion
+    BEV features (the images are read from the store version's dataroot), evaluating on the validation split every
     eval_every steps and at the end (the devkit's DetectionEval / BEVFusion's IoU, in OUT/eval.jsonl; the best
     checkpoint by NDS / mIoU is kept). The selected keyframes are recorded in every checkpoint. Resumes from --out.
     Score a checkpoint afterwards with `calico eval det|seg --checkpoint OUT`."""
@@ -176,11 +183,11 @@ def finetune(
         raise ConfigError("--task", task, f"must be one of {', '.join(FINETUNE_TASKS)}")
     init_path = "none" if init.lower() == "none" else str(resolve_checkpoint(init).resolve())
     sets = [f"data.seed={seed}", f"model.finetune.fraction={fraction!r}", f"model.finetune.fraction_by={fraction_by!r}",
-            f"model.finetune.init={init_path!r}", f"model.finetune.modality={modality!r}"]
+            f"model.finetune.init={init_path!r}"]
     if lidar_sweeps is not None:
         sets.append(f"model.finetune.lidar_sweeps={lidar_sweeps}")
     cfg = train_config(preset, task, store, version, steps, batch_size, sets + list(overrides or []),
-                       verify_shards=verify_shards)
+                       verify_shards=verify_shards, modality=modality)
     run_training(run, cfg, out if out is not None else Path("runs") / task, resume, allow_config_change)
 
 

@@ -42,9 +42,12 @@ def test_config_validation(train_store):
         TrainConfig(task="detect")
     cases = {"model.finetune.fraction=0": "fraction", "model.finetune.fraction=1.5": "fraction",
              "model.finetune.fraction_by='frames'": "fraction_by", "model.finetune.lidar_sweeps=0": "lidar_sweeps",
-             "model.finetune.modality='camera'": "not built yet", "model.finetune.modality='radar'": "modality",
+             "model.finetune.modality='camera'": "needs the camera branch", "model.finetune.modality='radar'": "modality",
              "model.finetune.seg_cell=0.3": "whole number", "model.finetune.freeze_backbone_steps=-1": "freeze",
-             "model.head.cell=0.4": "come from model.backbone", "model.finetune.bogus=1": "finetune"}
+             "model.head.cell=0.4": "come from model.backbone", "model.finetune.bogus=1": "finetune",
+             "model.finetune.augment_draw='fresh'": "augment_draw", "model.finetune.aug_scale=(1.1, 0.9)": "aug_scale",
+             "model.finetune.aug_flip_prob=2": "aug_flip_prob",
+             "model.finetune.aug_translation_std=(0, -1, 0)": "aug_translation_std"}
     for item, needle in cases.items():
         with pytest.raises(ConfigError, match=needle):
             ft_config(train_store, "det", item)
@@ -77,7 +80,7 @@ def test_stream_reads_the_subset_and_keeps_points_in_their_boxes(det_stream, syn
     n_checked = 0
     for item in stream.items:
         s = stream.load(item)
-        assert not np.allclose(s["aug"], [0, 1, 0, 0, 0, 0, 0])  # the stored record is applied
+        assert not np.allclose(s["aug"], [0, 1, 0, 0, 0, 0, 0])  # an augmentation is applied
         pts, boxes = s["points"], s["gt_boxes"]
         assert np.all((pts[:, :3] >= np.float32(r[:3])) & (pts[:, :3] < np.float32(r[3:])))
         m = s["mask"]
@@ -95,6 +98,37 @@ def test_stream_reads_the_subset_and_keeps_points_in_their_boxes(det_stream, syn
     batch = collate_finetune([stream.load(it) for it in stream.items[:2]])
     assert batch["heatmap"].shape == (2, 10, h, w) and batch["batch_idx"].max() == 1
     assert batch["points"].shape[1] == 5 and batch["reg"].shape == (2, 64, 10)
+
+
+def test_augmentation_is_drawn_per_epoch_within_its_ranges_or_read_from_the_store(det_stream, train_store,
+                                                                                    synth_nusc):
+    import dataclasses
+    import math
+
+    from train.data.finetune import FinetuneStream
+
+    cfg, stream = det_stream
+    ft = cfg.finetune
+    assert ft.augment_draw == "random"
+    recs = {(e, it.order): stream.augmentation(it, e) for e in range(4) for it in stream.items}
+    assert all(np.array_equal(r, stream.augmentation(it, e)) for (e, o), r in recs.items()
+               for it in stream.items if it.order == o)  # seeded: the same record again
+    item = stream.items[0]
+    per_epoch = np.stack([recs[(e, item.order)] for e in range(4)])
+    assert len({tuple(r) for r in per_epoch}) == 4  # a fresh draw every epoch
+    allr = np.stack(list(recs.values()))
+    lo, hi = (math.radians(a) for a in ft.aug_rotation_deg)
+    assert np.all((allr[:, 0] >= lo - 1e-6) & (allr[:, 0] <= hi + 1e-6))
+    assert np.all((allr[:, 1] >= ft.aug_scale[0] - 1e-6) & (allr[:, 1] <= ft.aug_scale[1] + 1e-6))
+    assert set(np.unique(allr[:, 2:4])) <= {0.0, 1.0} and allr[:, 2:4].any()  # flips happen
+    assert np.all(allr[:, 4:] == 0)  # no translation by default
+    s = stream.load(item, epoch=3)
+    assert np.array_equal(s["aug"], recs[(3, item.order)])
+    store, vid = train_store
+    stored = FinetuneStream(store, vid, task="det", finetune=dataclasses.replace(ft, augment_draw="stored"),
+                            head=cfg.center_head, point_range=cfg.data.point_range, nusc=synth_nusc)
+    record = stored.shard(item.scene).sweep(item.index, ("aug_params",)).aug_params[0]
+    assert np.array_equal(stored.augmentation(item, 0), record) and np.array_equal(stored.augmentation(item, 5), record)
 
 
 def test_seg_stream_raster_matches_the_devkit_raster_without_augmentation(train_store, synth_nusc):
@@ -232,8 +266,8 @@ def test_cli_finetune_and_eval_end_to_end(train_store, tmp_path, capsys):
     assert {"seg_metrics.json", "scores.json", "table.md"} <= {p.name for p in folder.iterdir()}
     one_line_error(capsys, "eval", "det", "--checkpoint", out, needles=["calico eval seg"])
     one_line_error(capsys, *common, "--task", "detect", "--out", tmp_path / "x", needles=["--task"])
-    one_line_error(capsys, *common, "--task", "det", "--modality", "camera", "--out", tmp_path / "x",
-                   needles=["not built yet"])
+    one_line_error(capsys, *common, "--task", "det", "--modality", "radar", "--out", tmp_path / "x",
+                   needles=["modality"])
     one_line_error(capsys, *common, "--task", "det", "--init", tmp_path / "nope", "--out", tmp_path / "x",
                    needles=["checkpoint not found"])
     one_line_error(capsys, "train", "finetune", "--store", store, "--task", "det", "--steps", "1",

@@ -360,12 +360,7 @@ class CameraStream(StoreStream):
         dataroot, nusc = version_dataroot(v, images.dataroot, nusc, "images.dataroot")
         #: The nuScenes dataroot the images are read from (absolute).
         self.dataroot: str = dataroot
-        cams: dict[str, dict[str, str]] = {}
-        for sd in nusc.sample_data:
-            if sd.get("channel") == _LIDAR and sd["is_key_frame"]:
-                data = nusc.get("sample", sd["sample_token"])["data"]
-                cams[sd["token"]] = {ch: nusc.get("sample_data", tok)["filename"] for ch, tok in data.items()
-                                     if ch.startswith("CAM_")}
+        cams = keyframe_image_paths(nusc)
         del nusc  # never kept: workers get the path map only
         wanted = kw.pop("tokens", None)
         keys = set(cams) if wanted is None else set(cams) & set(wanted)
@@ -383,52 +378,88 @@ class CameraStream(StoreStream):
         int, ``images`` torch.float32 (C, 3, H, W), ``cam_intrinsic`` (C, 3, 3), ``img_aug`` (C, 3, 3),
         ``lidar2cam`` (C, 4, 4), ``bev_aug`` (4, 4) float32 numpy, ``cam_valid`` (C,) bool, ``cameras_masked``
         int (module docstring)."""
-        cfg = self.images
         shard = self.shard(item.scene)
         rng = self.rng(item, epoch)
         out = load_points(shard, item.index, self.point_range, self.n_rich, self.n_less, rng, views=1,
                           where=self.version.path)
-        sw = shard.sweep(item.index, arrays=CAMERA_ARRAYS)
-        ks, l2c, sizes = sw.raw["cam_intrinsic"], sw.raw["cam_lidar2cam"], sw.raw["cam_size"]
-        n_cam = len(sw.channels)
-        draws = rng.random((n_cam, DRAWS_PER_CAMERA))  # for every camera, masked or not
-        paths = self.image_paths[item.token]
-        f_h, f_w = cfg.size
-        images = torch.zeros((n_cam, 3, f_h, f_w), dtype=torch.float32)
-        k_out = np.tile(np.eye(3, dtype=np.float32), (n_cam, 1, 1))
-        l_out = np.tile(np.eye(4, dtype=np.float32), (n_cam, 1, 1))
-        a_out = np.tile(np.eye(3, dtype=np.float32), (n_cam, 1, 1))
-        valid = np.zeros(n_cam, bool)
-        for c in range(n_cam):
-            w, h = int(sizes[c][0]), int(sizes[c][1])
-            calib = bool(np.isfinite(ks[c]).all() and np.isfinite(l2c[c]).all() and w > 0 and h > 0)
-            if not calib:
-                continue
-            k_out[c], l_out[c] = ks[c], l2c[c]
-            aug = draw_image_aug(draws[c], w, h, cfg)
-            a_out[c] = aug.matrix(cfg.size)
-            try:
-                img = self._image(paths[c], sw.channels[c], item.token, w, h)
-            except InputError:
-                if cfg.missing == "error":
-                    raise
-                continue
-            images[c] = warp_image(img, aug, cfg.size, cfg.mean, cfg.std)
-            valid[c] = True
-        out.update(item=item.order, images=images, cam_intrinsic=k_out, img_aug=a_out, lidar2cam=l_out,
-                   cam_valid=valid, bev_aug=as_matrix(out["aug"][0]).astype(np.float32),
-                   cameras_masked=int(n_cam - valid.sum()))
+        out.update(load_cameras(shard, item.index, self.image_paths[item.token], self.dataroot, self.images, rng,
+                                item.token))
+        out.update(item=item.order, bev_aug=as_matrix(out["aug"][0]).astype(np.float32))
         return out
 
-    def _image(self, rel: str | None, channel: str, token: str, width: int, height: int) -> torch.Tensor:
-        if rel is None:
-            raise InputError(f"the sample of sweep {token} has no {channel} image", self.dataroot)
-        path = str(Path(self.dataroot) / rel)
-        img = decode_image(path, self.images.decoder)
-        if tuple(img.shape[1:]) != (height, width):
-            raise InputError(f"{channel} image is {img.shape[2]}x{img.shape[1]}, the store's calibration of sweep "
-                             f"{token} is for {width}x{height}", path)
-        return img
+
+def keyframe_image_paths(nusc, lidar_tokens=None) -> dict[str, dict[str, str]]:
+    """{keyframe LIDAR_TOP sweep token: {camera channel: image path relative to the dataroot}} of the devkit
+    ``nusc`` (every keyframe, or those of ``lidar_tokens``), from ``sample_data -> sample -> sample['data']``."""
+    wanted = None if lidar_tokens is None else set(lidar_tokens)
+    cams: dict[str, dict[str, str]] = {}
+    for sd in nusc.sample_data:
+        if sd.get("channel") == _LIDAR and sd["is_key_frame"] and (wanted is None or sd["token"] in wanted):
+            data = nusc.get("sample", sd["sample_token"])["data"]
+            cams[sd["token"]] = {ch: nusc.get("sample_data", tok)["filename"] for ch, tok in data.items()
+                                 if ch.startswith("CAM_")}
+    return cams
+
+
+def read_camera_image(dataroot: str | Path, rel: str | None, channel: str, token: str, width: int, height: int,
+                      decoder: str = "torchvision") -> torch.Tensor:
+    """The (3, H, W) uint8 image ``rel`` (relative to ``dataroot``) of ``channel`` for sweep ``token``;
+    :class:`InputError` naming the file when the sample has no such image, it is unreadable
+    (:func:`decode_image`) or its size is not the stored calibration's (``width`` x ``height``)."""
+    if rel is None:
+        raise InputError(f"the sample of sweep {token} has no {channel} image", dataroot)
+    path = str(Path(dataroot) / rel)
+    img = decode_image(path, decoder)
+    if tuple(img.shape[1:]) != (height, width):
+        raise InputError(f"{channel} image is {img.shape[2]}x{img.shape[1]}, the store's calibration of sweep "
+                         f"{token} is for {width}x{height}", path)
+    return img
+
+
+def load_cameras(shard, index: int, paths, dataroot: str | Path, cfg: ImageConfig,
+                 rng: np.random.Generator | None, token: str = "") -> dict[str, Any]:
+    """The camera part of one keyframe's sample: sweep ``index`` of ``shard`` (its stored calibration), the images
+    ``paths`` (relative to ``dataroot``, one per shard channel, None: none) drawn through :func:`draw_image_aug`
+    with ``DRAWS_PER_CAMERA`` uniforms per camera from ``rng`` (drawn for every camera, masked or not; None: no
+    draws, only with ``cfg.augment`` off) and :func:`warp_image`; missing images follow ``cfg.missing``, NaN
+    calibrations are masked (module docstring).
+
+    Returns ``images`` torch.float32 (C, 3, H, W), ``cam_intrinsic`` (C, 3, 3), ``img_aug`` (C, 3, 3),
+    ``lidar2cam`` (C, 4, 4) float32 numpy, ``cam_valid`` (C,) bool, ``cameras_masked`` int.
+    """
+    sw = shard.sweep(index, arrays=CAMERA_ARRAYS)
+    ks, l2c, sizes = sw.raw["cam_intrinsic"], sw.raw["cam_lidar2cam"], sw.raw["cam_size"]
+    n_cam = len(sw.channels)
+    if rng is None:
+        if cfg.augment:
+            raise ValueError("load_cameras needs a generator when images.augment is on")
+        draws = np.zeros((n_cam, DRAWS_PER_CAMERA))
+    else:
+        draws = rng.random((n_cam, DRAWS_PER_CAMERA))  # for every camera, masked or not
+    f_h, f_w = cfg.size
+    images = torch.zeros((n_cam, 3, f_h, f_w), dtype=torch.float32)
+    k_out = np.tile(np.eye(3, dtype=np.float32), (n_cam, 1, 1))
+    l_out = np.tile(np.eye(4, dtype=np.float32), (n_cam, 1, 1))
+    a_out = np.tile(np.eye(3, dtype=np.float32), (n_cam, 1, 1))
+    valid = np.zeros(n_cam, bool)
+    for c in range(n_cam):
+        w, h = int(sizes[c][0]), int(sizes[c][1])
+        calib = bool(np.isfinite(ks[c]).all() and np.isfinite(l2c[c]).all() and w > 0 and h > 0)
+        if not calib:
+            continue
+        k_out[c], l_out[c] = ks[c], l2c[c]
+        aug = draw_image_aug(draws[c], w, h, cfg)
+        a_out[c] = aug.matrix(cfg.size)
+        try:
+            img = read_camera_image(dataroot, paths[c], sw.channels[c], token, w, h, cfg.decoder)
+        except InputError:
+            if cfg.missing == "error":
+                raise
+            continue
+        images[c] = warp_image(img, aug, cfg.size, cfg.mean, cfg.std)
+        valid[c] = True
+    return {"images": images, "cam_intrinsic": k_out, "img_aug": a_out, "lidar2cam": l_out, "cam_valid": valid,
+            "cameras_masked": int(n_cam - valid.sum())}
 
 
 def collate_rad(samples: list[dict]) -> dict:
@@ -437,13 +468,20 @@ def collate_rad(samples: list[dict]) -> dict:
     if not samples:
         raise ValueError("collate_rad needs at least one sample")
     out = collate_prc(samples)
+    out.update(collate_cameras(samples))
+    return out
+
+
+def collate_cameras(samples: list[dict]) -> dict:
+    """The camera part of a batch (module docstring): ``images`` (B, C, 3, H, W), ``cam_intrinsic``, ``img_aug``,
+    ``lidar2cam``, ``cam_valid``, ``bev_aug`` stacked, ``cameras_masked`` summed, from per-sample dicts holding
+    :func:`load_cameras`'s keys and ``bev_aug`` (4, 4)."""
 
     def stack(key: str, dtype=torch.float32) -> torch.Tensor:
         return torch.from_numpy(np.stack([np.asarray(s[key]) for s in samples])).to(dtype)
 
-    out.update(
+    return dict(
         images=torch.stack([torch.as_tensor(s["images"], dtype=torch.float32) for s in samples]),
         cam_intrinsic=stack("cam_intrinsic"), img_aug=stack("img_aug"), lidar2cam=stack("lidar2cam"),
         cam_valid=stack("cam_valid", torch.bool), bev_aug=stack("bev_aug"),
         cameras_masked=int(sum(int(s["cameras_masked"]) for s in samples)))
-    return out

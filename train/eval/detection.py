@@ -200,11 +200,15 @@ def evaluate_detection(
     output_dir: str | Path,
     config: str = "detection_cvpr_2019",
     verbose: bool = False,
+    render_curves: bool = False,
+    plot_examples: int = 0,
 ) -> dict:
     """Run devkit's ``DetectionEval`` (``config_factory(config)``) on a submission (dict or JSON path).
 
     Returns the metrics summary dict (``mean_ap``, ``nd_score``, ``tp_errors``, ``mean_dist_aps``,
-    ``label_tp_errors``, ...), also written to ``output_dir/metrics_summary.json``. Curves are not rendered.
+    ``label_tp_errors``, ...), also written to ``output_dir/metrics_summary.json``. ``render_curves``: the devkit's
+    own plots into ``output_dir/plots/`` (precision-recall per class and per distance, TP error curves, a summary;
+    matplotlib, Agg); ``plot_examples``: that many samples drawn with their boxes into ``output_dir/examples/``.
     A submission must list every sample of ``eval_set`` (possibly with no boxes): else :class:`InputError`.
     """
     from nuscenes.eval.common.config import config_factory
@@ -232,5 +236,9 @@ def evaluate_detection(
             stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
         ev = DetectionEval(nusc, config=config_factory(config), result_path=str(result_path), eval_set=eval_set,
                            output_dir=str(output_dir), verbose=verbose)
-        summary = ev.main(plot_examples=0, render_curves=False)
+        if render_curves or plot_examples:
+            import matplotlib
+
+            matplotlib.use("Agg")  # the devkit calls plt.savefig; no display here
+        summary = ev.main(plot_examples=int(plot_examples), render_curves=bool(render_curves))
     return summary

@@ -1,6 +1,8 @@
 """Scoring a fine-tuning checkpoint on a devkit split (``calico eval det|seg``).
 
-:func:`evaluate_checkpoint` rebuilds the model from the checkpoint's configuration, loads its weights and runs the
+:func:`evaluate_checkpoint` rebuilds the model from the checkpoint's configuration (its ``model.finetune.modality``:
+the LiDAR backbone, the camera branch or both and the fuser; the images then come from the same dataroot as the
+annotations, ``--dataroot`` if moved), loads its weights and runs the
 task's evaluation (:meth:`train.tasks.detect.DetectTask.evaluate`: the devkit's ``DetectionEval``;
 :meth:`train.tasks.segment.SegmentTask.evaluate`: BEVFusion's IoU) on the split, writing into
 ``RUN/eval/<task>-<split>-step<N>/``: det ``submission.json`` (the devkit's result format), ``metrics_summary.json``

@@ -1,5 +1,6 @@
-"""3-D detection fine-tuning (METHOD.md section 4): the PointPillars backbone, a CenterPoint head on its output map,
-CenterPoint's losses, and the devkit's ``DetectionEval`` on the validation split.
+"""3-D detection fine-tuning (METHOD.md section 4): the BEV map of the modality (LiDAR PointPillars, camera LSS, or
+both fused: :class:`train.models.fuser.BevEncoder`), a CenterPoint head on it, CenterPoint's losses, and the
+devkit's ``DetectionEval`` on the validation split.
 
 Loss (CenterPoint's): ``heatmap_weight x`` :func:`train.losses.gaussian_focal_loss` ``+ l1_weight x`` the sum over
 the ten regression channels of :func:`train.losses.center_l1_loss`, the two velocity channels weighted
@@ -8,8 +9,9 @@ the ten regression channels of :func:`train.losses.center_l1_loss`, the two velo
 Evaluation (every ``eval_every`` steps and at the end, on rank 0): the validation keyframes without augmentation,
 :func:`train.models.heads.decode_boxes` (top-k, class-wise NMS on the BEV envelopes), the boxes into the global
 frame (:func:`train.data.boxes.to_global`), a submission listing every sample of the split
-(:func:`train.eval.detection.make_submission`, ``meta`` lidar only) and the devkit's ``DetectionEval`` with
-``detection_cvpr_2019``: ``mAP``, ``NDS``, the true-positive errors and each class's AP at 2 m (``car_AP_2.0``...).
+(:func:`train.eval.detection.make_submission`, ``meta``: ``use_lidar`` / ``use_camera`` of the modality) and the
+devkit's ``DetectionEval`` with ``detection_cvpr_2019``: ``mAP``, ``NDS``, the true-positive errors and each
+class's AP at 2 m (``car_AP_2.0``...).
 The best checkpoint is the one of the highest NDS.
 """
 from __future__ import annotations
@@ -21,22 +23,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.errors import ConfigError
 from train.config import TrainConfig
 from train.data.det_targets import NUM_REG, REG_SLICES
 from train.losses import center_l1_loss, gaussian_focal_loss
+from train.models.fuser import BevEncoder
 from train.models.heads import CenterHead, CenterOutput, decode_boxes
-from train.models.pointpillars import PointPillars
 from train.tasks.finetune import FinetuneTask, eval_batches
 
 
-class DetectionModel(nn.Module):
-    """PointPillars (``self.backbone``) + :class:`CenterHead` (``self.head``) + CenterPoint's losses."""
+class DetectionModel(BevEncoder):
+    """The BEV map of the modality (:class:`train.models.fuser.BevEncoder`: ``self.backbone`` PointPillars,
+    ``self.camera`` CameraBEV, ``self.fuser``) + :class:`CenterHead` (``self.head``) + CenterPoint's losses."""
 
     def __init__(self, cfg: TrainConfig):
-        super().__init__()
+        super().__init__(cfg)
         self.head_cfg = cfg.center_head
         ft = cfg.finetune
-        self.backbone = PointPillars(cfg.backbone)
+        if self.head_cfg.in_channels != self.out_channels:
+            raise ConfigError("model.head.in_channels", self.head_cfg.in_channels,
+                              f"must equal the {ft.modality} BEV map's {self.out_channels} channels")
         self.head = CenterHead(self.head_cfg)
         w = torch.ones(NUM_REG)
         w[REG_SLICES["vel"]] = ft.velocity_weight
@@ -44,8 +50,7 @@ class DetectionModel(nn.Module):
         self.heatmap_weight, self.l1_weight = ft.heatmap_weight, ft.l1_weight
 
     def predict(self, batch: dict) -> CenterOutput:
-        bev = self.backbone(batch["points"], batch["batch_idx"].long(), int(batch["batch_size"]))
-        return self.head(bev)
+        return self.head(self.bev(batch))
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self.predict(batch)
@@ -104,8 +109,9 @@ class DetectTask(FinetuneTask):
 
         nusc = self.nusc()
         stream = self.eval_stream()
+        ft = self.cfg.finetune
         sub = make_submission(detect(model, stream, self.cfg.data.batch_size), stream.sample_tokens,
-                              submission_meta(use_lidar=True))
+                              submission_meta(use_lidar=ft.uses_lidar, use_camera=ft.uses_camera))
         with tempfile.TemporaryDirectory() as tmp:
             summary = evaluate_detection(nusc, sub, self.eval_split(nusc), out_dir or tmp)
         self.last_summary, self.last_submission = summary, sub

@@ -1,17 +1,32 @@
 """What the two fine-tuning tasks share (:class:`train.tasks.detect.DetectTask`, :class:`train.tasks.segment.SegmentTask`):
-the stream of the training subset, the backbone's initialisation, the parameter groups with the frozen warm-up,
-the checkpoint's record of the subset and of the initialising checkpoint, and the validation stream.
+the stream of the training subset, the initialisation of the BEV encoder, the parameter groups with the frozen
+warm-up, the checkpoint's record of the subset and of the initialising checkpoint, and the validation stream.
 
 Initialisation (``model.finetune.init``): ``none``, or a checkpoint (file or run folder) of any task whose
-``model.backbone`` equals this run's (:func:`train.checkpoint.load_backbone` refuses any other, naming the fields):
-the weights under ``backbone.`` (PRC, det, seg runs) or ``teacher.`` (a RAD run: its LiDAR backbone is the frozen
-PRC teacher it distilled from). Parameter groups: ``backbone`` (``backbone_lr_mult`` x the base rate, learning rate
-0 for the first ``freeze_backbone_steps`` steps: a frozen-backbone warm-up that keeps the group in the optimizer,
-so DDP and resume need nothing special; its BatchNorm statistics still follow the data) and ``head``.
+``model.backbone`` equals this run's (:func:`train.checkpoint.load_backbone` refuses any other, naming the fields;
+it also fixes the BEV grid, which the camera branch shares). What each part loads (:func:`init_bev`):
+
+=========================  ===========================================  ===================================
+checkpoint (its task)      LiDAR backbone (lidar, fusion)                camera branch (camera, fusion)
+=========================  ===========================================  ===================================
+PRC                        ``backbone.``                                 none: random (a log line says so)
+RAD                        ``teacher.`` (the PRC teacher it distilled)   ``student.`` (its CameraBEV)
+det / seg                  ``backbone.`` (if it had one)                 ``camera.`` (if it had one)
+=========================  ===========================================  ===================================
+
+A camera branch is loaded only when the checkpoint's ``model.camera`` and effective ``model.lss`` (bins,
+channels, BEV channels, grid) equal this run's, else a :class:`ConfigError` naming the differing fields; a
+part the checkpoint lacks stays random (logged); a checkpoint that gives nothing the modality uses (a PRC run
+for ``camera``) is a :class:`ConfigError`. Parameter groups: ``backbone`` (the LiDAR backbone and the camera
+branch; ``backbone_lr_mult`` x the base rate, learning rate 0 for the first ``freeze_backbone_steps`` steps: a
+frozen-backbone warm-up that keeps the group in the optimizer, so DDP and resume need nothing special; its
+BatchNorm statistics still follow the data) and ``head`` (the head, and the fuser).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 
 from torch import nn
 
@@ -19,21 +34,75 @@ from shared.errors import ConfigError, InputError
 from train.checkpoint import load_backbone, load_checkpoint, resolve_checkpoint
 from train.config import FINETUNE_TASKS, TrainConfig
 
-#: The checkpoint key under which each task keeps the LiDAR backbone.
+#: The checkpoint key under which each task keeps the LiDAR backbone (others: ``backbone.``).
 BACKBONE_PREFIX = {"rad": "teacher."}
+#: The checkpoint key under which each task keeps the camera branch (a CameraBEV); PRC has none.
+CAMERA_PREFIX = {"rad": "student.", "det": "camera.", "seg": "camera."}
 
 
-def init_backbone(backbone: nn.Module, cfg: TrainConfig) -> dict | None:
-    """Load ``cfg.finetune.init`` into ``backbone`` (see the module docstring); returns its identity (path, sha256,
-    step, store_version, task) or None for ``init="none"``."""
+def _say(msg: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def camera_config_differences(cfg: TrainConfig, other: TrainConfig) -> dict[str, tuple]:
+    """{"camera.<field>" / "lss.<field>": (this run's, the other's)} where the camera branches' configurations
+    (``model.camera``, and ``model.lss`` with its grid) differ; empty when a camera branch of ``other`` fits."""
+    from data_catalog.version import diff_specs
+    from train.config import plain
+
+    out = {}
+    for name in ("camera", "lss"):
+        diff = diff_specs(plain(dataclasses.asdict(getattr(cfg, name))),
+                          plain(dataclasses.asdict(getattr(other, name))))
+        out |= {f"{name}.{k}": v for k, v in diff.items()}
+    return out
+
+
+def init_bev(model: nn.Module, cfg: TrainConfig) -> dict | None:
+    """Load ``cfg.finetune.init`` into the model's ``backbone`` / ``camera`` (see the module docstring); returns
+    its identity (path, sha256, step, store_version, task) and ``loaded`` / ``random`` (the parts) or None for
+    ``init="none"``."""
     init = cfg.finetune.init_checkpoint
     if init is None:
         return None
     path = resolve_checkpoint(init)
-    task = (load_checkpoint(path).get("config") or {}).get("task", "prc")
-    info = load_backbone(backbone, path, prefix=BACKBONE_PREFIX.get(task, "backbone."),
-                         expected=dataclasses.asdict(cfg.backbone))
-    return {k: info[k] for k in ("path", "sha256", "step", "store_version", "task")}
+    state = load_checkpoint(path)
+    src = state.get("config") or {}
+    task = src.get("task", "prc")
+    keys = state.get("model") or {}
+    loaded, random = [], []
+    info = None
+    if model.backbone is not None:
+        prefix = BACKBONE_PREFIX.get(task, "backbone.")
+        if any(k.startswith(prefix) for k in keys):
+            info = load_backbone(model.backbone, path, prefix=prefix, expected=dataclasses.asdict(cfg.backbone))
+            loaded.append("backbone")
+        else:
+            random.append("backbone")
+    if model.camera is not None:
+        prefix = CAMERA_PREFIX.get(task)
+        if prefix is not None and any(k.startswith(prefix) for k in keys):
+            other = TrainConfig.from_dict(src)
+            diff = camera_config_differences(cfg, other)
+            if diff:
+                fields = ", ".join(f"{k} (checkpoint {b!r}, expected {a!r})" for k, (a, b) in diff.items())
+                raise ConfigError("model.camera", str(path), f"the checkpoint's camera branch differs: {fields}")
+            got = load_backbone(model.camera, path, prefix=prefix, expected=dataclasses.asdict(cfg.backbone))
+            info = info or got
+            loaded.append("camera")
+        else:
+            random.append("camera")
+    if not loaded:
+        raise ConfigError("model.finetune.init", str(path),
+                          f"this {task} checkpoint holds none of what {cfg.finetune.modality} fine-tuning uses "
+                          f"({', '.join(random)}); a camera branch comes from a RAD run (or a camera / fusion "
+                          "fine-tuning run)")
+    if random:
+        _say(f"init: {', '.join(loaded)} from {task} checkpoint {path}; {', '.join(random)} randomly initialised "
+             f"(the checkpoint has none)")
+    out = {k: info[k] for k in ("path", "sha256", "step", "store_version", "task")}
+    return out | {"loaded": loaded, "random": random}
 
 
 class FinetuneTask:
@@ -55,7 +124,7 @@ class FinetuneTask:
     def stream_kwargs(self) -> dict:
         c = self.cfg
         return {"task": c.task, "finetune": c.finetune, "head": c.center_head, "point_range": c.data.point_range,
-                "verify_checksums": c.data.verify_shards}
+                "verify_checksums": c.data.verify_shards, "images": c.images if c.finetune.uses_camera else None}
 
     def stream(self, rank: int, world: int):
         from train.data.finetune import FinetuneStream, collate_finetune
@@ -69,7 +138,7 @@ class FinetuneTask:
 
     def eval_stream(self):
         """The validation keyframes (``finetune.eval_split``, else the devkit's val split of the dataroot), no
-        augmentation, in store order; built once."""
+        augmentation (points nor images), in store order; built once."""
         if self._eval_stream is None:
             from train.data.finetune import FinetuneStream
             from train.eval.detection import split_sample_tokens
@@ -77,9 +146,11 @@ class FinetuneTask:
             nusc = self.nusc()
             split = self.eval_split(nusc)
             d = self.cfg.data
+            kw = self.stream_kwargs()
+            if kw["images"] is not None:
+                kw["images"] = dataclasses.replace(kw["images"], augment=False)
             self._eval_stream = FinetuneStream(d.store, d.version, sample_tokens=split_sample_tokens(nusc, split),
-                                               augment=False, nusc=nusc, shuffle=False, rank=0, world_size=1,
-                                               **self.stream_kwargs())
+                                               augment=False, nusc=nusc, shuffle=False, rank=0, world_size=1, **kw)
         return self._eval_stream
 
     def eval_split(self, nusc) -> str:
@@ -99,9 +170,10 @@ class FinetuneTask:
         return self._nusc
 
     def build_model(self) -> nn.Module:
-        """The model, its backbone initialised from ``finetune.init`` (recorded in :attr:`init_info`)."""
+        """The model, its LiDAR backbone and camera branch initialised from ``finetune.init`` (:func:`init_bev`,
+        recorded in :attr:`init_info`)."""
         model = self.model_class(self.cfg)
-        self.init_info = init_backbone(model.backbone, self.cfg)
+        self.init_info = init_bev(model, self.cfg)
         return model
 
     def frozen(self, model: nn.Module) -> list[nn.Module]:
@@ -109,7 +181,7 @@ class FinetuneTask:
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         ft = self.cfg.finetune
-        backbone = list(model.backbone.parameters())
+        backbone = [p for m in (model.backbone, model.camera) if m is not None for p in m.parameters()]
         ids = {id(p) for p in backbone}
         return [{"name": "backbone", "params": backbone, "lr_mult": ft.backbone_lr_mult,
                  "frozen_steps": ft.freeze_backbone_steps},

@@ -1,9 +1,11 @@
-"""BEV map-segmentation fine-tuning (METHOD.md section 4): the PointPillars backbone, a small convolutional head,
-per-class sigmoid, BCE + dice, and BEVFusion's IoU on the validation split.
+"""BEV map-segmentation fine-tuning (METHOD.md section 4): the BEV map of the modality (LiDAR PointPillars, camera
+LSS, or both fused: :class:`train.models.fuser.BevEncoder`), a small convolutional head, per-class sigmoid,
+BCE + dice, and BEVFusion's IoU on the validation split.
 
 Head: 3x3 conv + BatchNorm + ReLU twice (``seg_channels``), a 1x1 conv to the six classes of
 :data:`train.data.maps.MAP_CLASSES`, on the backbone's output map; when the segmentation grid
-(``seg_x_range``, ``seg_y_range``, ``seg_cell``) differs from that map the logits are resampled onto it with
+(``seg_x_range``, ``seg_y_range``, ``seg_cell``) differs from that map (the LiDAR backbone's output grid, which
+the camera map shares) the logits are resampled onto it with
 ``torch.nn.functional.grid_sample`` (bilinear, at the target cells' centres, zeros outside the map), as
 BEVFusion's ``BEVGridTransform`` does; when it is the same grid nothing is resampled.
 
@@ -24,7 +26,7 @@ from torch import nn
 
 from train.config import TrainConfig
 from train.data.maps import MAP_CLASSES, BevGrid
-from train.models.pointpillars import PointPillars
+from train.models.fuser import BevEncoder
 from train.tasks.finetune import FinetuneTask, eval_batches
 
 
@@ -53,18 +55,18 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * inter + 1) / (p.sum(dim=(0, 2, 3)) + g.sum(dim=(0, 2, 3)) + 1)).mean()
 
 
-class SegmentationModel(nn.Module):
-    """PointPillars (``self.backbone``) + the segmentation head (``self.head``) (module docstring)."""
+class SegmentationModel(BevEncoder):
+    """The BEV map of the modality (:class:`train.models.fuser.BevEncoder`: ``self.backbone``, ``self.camera``,
+    ``self.fuser``) + the segmentation head (``self.head``) (module docstring)."""
 
     def __init__(self, cfg: TrainConfig):
-        super().__init__()
+        super().__init__(cfg)
         from train.data.finetune import seg_grid
 
         bb, ft = cfg.backbone, cfg.finetune
-        self.backbone = PointPillars(bb)
         c = ft.seg_channels
         self.head = nn.Sequential(
-            nn.Conv2d(self.backbone.out_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+            nn.Conv2d(self.out_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
             nn.Conv2d(c, len(MAP_CLASSES), 1))
         self.grid, self.point_range = seg_grid(ft), bb.point_range
@@ -73,8 +75,7 @@ class SegmentationModel(nn.Module):
 
     def predict(self, batch: dict) -> torch.Tensor:
         """(B, 6, ny, nx) logits on the segmentation grid."""
-        bev = self.backbone(batch["points"], batch["batch_idx"].long(), int(batch["batch_size"]))
-        logits = self.head(bev)
+        logits = self.head(self.bev(batch))
         return bev_resample(logits, self.point_range, self.grid) if self.resample else logits
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
