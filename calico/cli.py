@@ -1,4 +1,5 @@
-"""``calico``: one command, with subcommands ``synth``, ``preprocess``, ``catalog``, ``train``, ``eval``, ``demo``.
+"""``calico``: one command, with subcommands ``synth``, ``preprocess``, ``catalog``, ``train``, ``eval``, ``experiment``,
+``demo``.
 
 Errors print as one line ``error: ...`` on stderr, never wrapped (also when the output is not a terminal), and
 exit with status 2: calico's own (:class:`shared.errors.CalicoError`, naming the file or value at fault) and
@@ -12,7 +13,7 @@ import sys
 
 import typer
 
-from calico.commands import demo, eval as eval_cmd, preprocess, store, synth, train
+from calico.commands import demo, eval as eval_cmd, experiment, preprocess, store, synth, train
 
 app = typer.Typer(
     name="calico",
@@ -26,6 +27,7 @@ app.add_typer(preprocess.app, name="preprocess")
 app.add_typer(store.catalog_app, name="catalog")
 app.add_typer(train.app, name="train")
 app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(experiment.app, name="experiment")
 app.command("demo")(demo.demo)
 
 #: Exit status of a run stopped by Ctrl-C (SIGINT), as shells report it (128 + 2).

@@ -417,12 +417,13 @@ def read_camera_image(dataroot: str | Path, rel: str | None, channel: str, token
 
 
 def load_cameras(shard, index: int, paths, dataroot: str | Path, cfg: ImageConfig,
-                 rng: np.random.Generator | None, token: str = "") -> dict[str, Any]:
+                 rng: np.random.Generator | None, token: str = "", image_transform=None) -> dict[str, Any]:
     """The camera part of one keyframe's sample: sweep ``index`` of ``shard`` (its stored calibration), the images
     ``paths`` (relative to ``dataroot``, one per shard channel, None: none) drawn through :func:`draw_image_aug`
     with ``DRAWS_PER_CAMERA`` uniforms per camera from ``rng`` (drawn for every camera, masked or not; None: no
     draws, only with ``cfg.augment`` off) and :func:`warp_image`; missing images follow ``cfg.missing``, NaN
-    calibrations are masked (module docstring).
+    calibrations are masked (module docstring). ``image_transform(image, channel)``: applied to each decoded
+    (3, H, W) uint8 image before the warp (the robustness evaluation's camera corruption), or None.
 
     Returns ``images`` torch.float32 (C, 3, H, W), ``cam_intrinsic`` (C, 3, 3), ``img_aug`` (C, 3, 3),
     ``lidar2cam`` (C, 4, 4) float32 numpy, ``cam_valid`` (C,) bool, ``cameras_masked`` int.
@@ -456,6 +457,8 @@ def load_cameras(shard, index: int, paths, dataroot: str | Path, cfg: ImageConfi
             if cfg.missing == "error":
                 raise
             continue
+        if image_transform is not None:
+            img = image_transform(img, sw.channels[c])
         images[c] = warp_image(img, aug, cfg.size, cfg.mean, cfg.std)
         valid[c] = True
     return {"images": images, "cam_intrinsic": k_out, "img_aug": a_out, "lidar2cam": l_out, "cam_valid": valid,

@@ -85,12 +85,15 @@ class FinetuneStream(StoreStream):
     point_range: the backbone's; sample_tokens: the keyframes to read (None: the training subset of
     ``finetune.fraction`` / ``fraction_by``); augment: apply the stored view-0 record (evaluation: False);
     images: the camera settings when the modality reads the images (None: LiDAR only); nusc: an already opened
-    devkit of the dataroot (not kept). The other arguments: :class:`StoreStream`.
+    devkit of the dataroot (not kept); corruption: a :class:`train.eval.robustness.apply.EvalCorruption` applied to
+    every keyframe's points (first) and images (after decoding), for the robustness evaluation (None: clean). The
+    other arguments: :class:`StoreStream`.
     """
 
     def __init__(self, store: str | Path, version: str | None = None, *, task: str, finetune: FinetuneConfig,
                  head: CenterHeadConfig | None = None, point_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
-                 sample_tokens=None, augment: bool = True, images: ImageConfig | None = None, nusc=None, **kw):
+                 sample_tokens=None, augment: bool = True, images: ImageConfig | None = None, nusc=None,
+                 corruption=None, **kw):
         if task not in ("det", "seg"):
             raise ConfigError("task", task, "the fine-tuning stream serves det or seg")
         if task == "det" and head is None:
@@ -98,6 +101,7 @@ class FinetuneStream(StoreStream):
         if images is not None and not isinstance(images, ImageConfig):
             raise ConfigError("images", images, "must be a train.config.ImageConfig")
         self.task, self.cfg, self.head, self.images = task, finetune, head, images
+        self.corruption = corruption
         self.point_range = check_range(point_range)
         self.augment = bool(augment)
         self.sweeps = MultiSweepConfig(n_sweeps=finetune.lidar_sweeps)
@@ -153,6 +157,8 @@ class FinetuneStream(StoreStream):
         with ``images``, the keys of :func:`train.data.camera.load_cameras` and ``bev_aug`` (4, 4) float32."""
         token = self.sample_of[item.token]
         pts = load_multisweep(self.version, item.scene, item.index, self.sweeps)
+        if self.corruption is not None and self.corruption.lidar:
+            pts = self.corruption.points(pts, token)
         aug = IDENTITY_AUG
         if self.augment:
             aug = self.augmentation(item, epoch)
@@ -171,9 +177,12 @@ class FinetuneStream(StoreStream):
             loc, l2g = self.poses[token]
             out["seg"] = rasterise(self.maps[loc], l2g, self.grid, aug if self.augment else None)
         if self.images is not None:
-            rng = self.rng(item, epoch) if self.images.augment else None
+            # the images draw from their own stream: self.rng(item, epoch) is the point augmentation's
+            rng = np.random.default_rng([self.seed, int(epoch), int(item.order), 1]) if self.images.augment else None
+            c = self.corruption
+            transform = (lambda img, ch: c.image(img, token, ch)) if c is not None and c.camera else None
             out.update(load_cameras(self.shard(item.scene), item.index, self.image_paths[item.token], self.dataroot,
-                                    self.images, rng, item.token))
+                                    self.images, rng, item.token, image_transform=transform))
             out["bev_aug"] = as_matrix(aug).astype(np.float32)  # the record the points, boxes, raster went through
         return out
 

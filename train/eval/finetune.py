@@ -5,12 +5,13 @@ the LiDAR backbone, the camera branch or both and the fuser; the images then com
 annotations, ``--dataroot`` if moved), loads its weights and runs the
 task's evaluation (:meth:`train.tasks.detect.DetectTask.evaluate`: the devkit's ``DetectionEval``;
 :meth:`train.tasks.segment.SegmentTask.evaluate`: BEVFusion's IoU) on the split, writing into
-``RUN/eval/<task>-<split>-step<N>/``: det ``submission.json`` (the devkit's result format), ``metrics_summary.json``
-(the devkit's), ``scores.json`` (the logged numbers), ``table.md`` (per class); seg ``seg_metrics.json`` (every
+``RUN/eval/<task>-<split>-step<N>[-<corruption tag>]/``: det ``submission.json`` (the devkit's result format),
+``metrics_summary.json`` (the devkit's), ``plots/`` (the devkit's curves, ``render_curves``), ``scores.json`` (the logged numbers), ``table.md`` (per class); seg ``seg_metrics.json`` (every
 class at every threshold), ``scores.json``, ``table.md``. Each file is written atomically.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,10 +28,14 @@ def run_folder(checkpoint: Path) -> Path:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, task: str, split: str | None = None, store: str | Path | None = None,
-                        dataroot: str | Path | None = None, out_dir: str | Path | None = None) -> dict:
+                        dataroot: str | Path | None = None, out_dir: str | Path | None = None, corruption=None,
+                        render_curves: bool = True) -> dict:
     """Score the checkpoint (file or run folder) of a ``task`` (``det`` / ``seg``) run on ``split`` (None: the
     run's ``eval_split``, else the dataroot's validation split); ``store`` / ``dataroot``: where they are now,
-    if moved. Returns {"task", "checkpoint", "step", "split", "out", "scores"}; see the module docstring."""
+    if moved; ``corruption``: a :class:`train.eval.robustness.apply.EvalCorruption` applied to every keyframe (its
+    tag joins the folder name; det with spoofing adds ``spoof_fp_rate``); ``render_curves``: the devkit's plots
+    (det). Returns {"task", "checkpoint", "step", "split", "out", "corruption", "scores"}; see the module
+    docstring."""
     from train.loop import finetune_task
 
     path = resolve_checkpoint(checkpoint)
@@ -50,6 +55,8 @@ def evaluate_checkpoint(checkpoint: str | Path, task: str, split: str | None = N
         ft["eval_split"] = split
     cfg = TrainConfig.from_dict(d)
     job = finetune_task(cfg)
+    job.set_corruption(corruption)
+    job.render_curves = bool(render_curves)
     model = job.model_class(cfg)
     model.load_state_dict(state["model"])
     model.eval()
@@ -57,7 +64,8 @@ def evaluate_checkpoint(checkpoint: str | Path, task: str, split: str | None = N
     stream.check_version(state["store_version"])
     split = job.eval_split(job.nusc())
     step = int(state.get("step", 0))
-    out = Path(out_dir) if out_dir is not None else run_folder(path) / "eval" / f"{task}-{split}-step{step:08d}"
+    tag = f"-{corruption.tag}" if corruption is not None else ""
+    out = Path(out_dir) if out_dir is not None else run_folder(path) / "eval" / f"{task}-{split}-step{step:08d}{tag}"
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         if task == "det":
@@ -73,5 +81,6 @@ def evaluate_checkpoint(checkpoint: str | Path, task: str, split: str | None = N
             table = segmentation_table(job.last_report)
     atomic_write_text(out / "scores.json", json.dumps(scores, indent=1))
     atomic_write_text(out / "table.md", table)
-    return {"task": task, "checkpoint": str(path), "step": step, "split": split, "out": str(out), "scores": scores,
+    return {"task": task, "checkpoint": str(path), "step": step, "split": split, "out": str(out),
+            "corruption": dataclasses.asdict(corruption) if corruption is not None else None, "scores": scores,
             "table": table}

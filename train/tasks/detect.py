@@ -61,8 +61,10 @@ class DetectionModel(BevEncoder):
         return {"loss": loss, "heatmap": focal.detach(), "l1": l1.detach()}
 
 
-def detect(model: DetectionModel, stream, batch_size: int) -> dict[str, list[dict]]:
-    """{sample token: devkit box dicts} of every keyframe of ``stream`` (global frame, at most 500 each)."""
+def detect(model: DetectionModel, stream, batch_size: int, on_sample=None) -> dict[str, list[dict]]:
+    """{sample token: devkit box dicts} of every keyframe of ``stream`` (global frame, at most 500 each).
+    ``on_sample(boxes, labels, scores, gt_boxes)``: also called per keyframe with the decoded LiDAR-frame numpy
+    arrays and its ground truth (the spoofing tally), or None."""
     from train.data.boxes import to_global
     from train.eval.detection import box_dicts
 
@@ -71,7 +73,10 @@ def detect(model: DetectionModel, stream, batch_size: int) -> dict[str, list[dic
     for batch in eval_batches(model, stream, batch_size):
         out = model.predict(batch)
         dets = decode_boxes(torch.sigmoid(out.heatmap.float()), out.regression.float(), model.head_cfg)
-        for token, d in zip(batch["tokens"], dets):
+        for i, (token, d) in enumerate(zip(batch["tokens"], dets)):
+            if on_sample is not None:
+                on_sample(d.boxes.double().cpu().numpy(), d.labels.cpu().numpy(), d.scores.cpu().numpy(),
+                          np.asarray(batch["gt_boxes"][i]))
             _, l2g = stream.poses[token]
             g = to_global(d.boxes.double().cpu().numpy(), d.scores.cpu().numpy(), d.labels.cpu().numpy(), l2g, eye)
             results[token] = box_dicts(token, g)
@@ -101,6 +106,8 @@ class DetectTask(FinetuneTask):
     best_metric = ("NDS", "max")
 
     model_class = DetectionModel
+    #: Draw the devkit's plots into the evaluation folder (``calico eval det``; not during training).
+    render_curves = False
 
     def evaluate(self, model: DetectionModel, out_dir: str | Path | None = None) -> dict:
         """The devkit scores of ``model`` on the validation split (module docstring); ``out_dir``: where the
@@ -110,12 +117,19 @@ class DetectTask(FinetuneTask):
         nusc = self.nusc()
         stream = self.eval_stream()
         ft = self.cfg.finetune
-        sub = make_submission(detect(model, stream, self.cfg.data.batch_size), stream.sample_tokens,
+        tally = None
+        if self.corruption is not None and self.corruption.spoof_range is not None:
+            from train.eval.robustness.apply import SpoofTally
+
+            tally = SpoofTally(self.corruption)
+        results = detect(model, stream, self.cfg.data.batch_size, on_sample=tally.add if tally else None)
+        sub = make_submission(results, stream.sample_tokens,
                               submission_meta(use_lidar=ft.uses_lidar, use_camera=ft.uses_camera))
         with tempfile.TemporaryDirectory() as tmp:
-            summary = evaluate_detection(nusc, sub, self.eval_split(nusc), out_dir or tmp)
+            summary = evaluate_detection(nusc, sub, self.eval_split(nusc), out_dir or tmp,
+                                         render_curves=self.render_curves and out_dir is not None)
         self.last_summary, self.last_submission = summary, sub
-        return detection_scores(summary)
+        return detection_scores(summary) | (tally.scores() if tally else {})
 
 
 def detection_table(summary: dict) -> str:

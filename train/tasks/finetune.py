@@ -120,6 +120,14 @@ class FinetuneTask:
         self.init_info: dict | None = None
         self._nusc = nusc
         self._eval_stream = None
+        #: The robustness setting the evaluation stream applies (:meth:`set_corruption`; None: clean).
+        self.corruption = None
+
+    def set_corruption(self, corruption) -> None:
+        """Evaluate under ``corruption`` (a :class:`train.eval.robustness.apply.EvalCorruption`, or None: clean)
+        from now on; the evaluation stream is rebuilt."""
+        self.corruption = corruption
+        self._eval_stream = None
 
     def stream_kwargs(self) -> dict:
         c = self.cfg
@@ -150,7 +158,8 @@ class FinetuneTask:
             if kw["images"] is not None:
                 kw["images"] = dataclasses.replace(kw["images"], augment=False)
             self._eval_stream = FinetuneStream(d.store, d.version, sample_tokens=split_sample_tokens(nusc, split),
-                                               augment=False, nusc=nusc, shuffle=False, rank=0, world_size=1, **kw)
+                                               augment=False, nusc=nusc, shuffle=False, rank=0, world_size=1,
+                                               corruption=self.corruption, **kw)
         return self._eval_stream
 
     def eval_split(self, nusc) -> str:
