@@ -251,7 +251,7 @@ def test_label_efficiency_option_errors_create_nothing(tmp_path, capsys):
                          (["--set", "optim.lr"], "--set"), ([], "--dataroot"), (["--select", "x"], "--select")):
         one_line_error(capsys, "experiment", "label-efficiency", "--out", out, *args, needles=[needle])
     assert not out.exists()
-    one_line_error(capsys, "experiment", "robustness", tmp_path, needles=["not built yet"])
+    one_line_error(capsys, "experiment", "robustness", tmp_path, needles=["no experiment here"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

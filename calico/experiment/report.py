@@ -194,7 +194,7 @@ def _pm(row: dict, name: str, prefix: str = "") -> str:
     return text
 
 
-def _init_label(row: dict) -> str:
+def init_label(row: dict) -> str:
     return row["init"] + (f" (a={row['alpha']:g})" if row.get("alpha") is not None else "")
 
 
@@ -204,7 +204,7 @@ def _cost(row: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
+def md_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -230,20 +230,20 @@ def markdown(data: dict, rows: list[dict], stages: list[dict], select: str, gone
         out += [f"## {'3-D detection' if task == 'det' else 'BEV map segmentation'} ({task})", ""]
         head = ["modality", "init", "fraction", "seeds"] + list(metrics) + [f"Δ{m} vs scratch" for m in metrics] \
             + ["pre-training"]
-        out.append(_md_table(head, [[r["modality"], _init_label(r), f"{r['fraction']:g}", str(r["seeds"])]
+        out.append(md_table(head, [[r["modality"], init_label(r), f"{r['fraction']:g}", str(r["seeds"])]
                                     + [_pm(r, m) for m in metrics] + [_pm(r, m, "d_") for m in metrics]
                                     + [_cost(r)] for r in trows]))
         per_class = sorted({k[:-5] for r in trows for k in r if k.endswith("_mean") and not k.startswith("d_")
                             and k[:-5] not in metrics})
         if per_class:
             out += ["", f"Per class and the other scores ({task}), mean ± std over the seeds:", ""]
-            out.append(_md_table(["modality", "init", "fraction"] + per_class,
-                                 [[r["modality"], _init_label(r), f"{r['fraction']:g}"] + [_pm(r, c) for c in per_class]
+            out.append(md_table(["modality", "init", "fraction"] + per_class,
+                                 [[r["modality"], init_label(r), f"{r['fraction']:g}"] + [_pm(r, c) for c in per_class]
                                   for r in trows]))
         out.append("")
     if stages:
         out += ["## Pre-training stages", ""]
-        out.append(_md_table(["stage", "steps", "wall s", "train s (metrics)", "last loss"],
+        out.append(md_table(["stage", "steps", "wall s", "train s (metrics)", "last loss"],
                              [[s["id"], str(s.get("steps", "-")), _num(s.get("wall_s"), 1), _num(s.get("train_s"), 1),
                                _num(s.get("last_loss"), 4)] if s["done"] else [s["id"], "not finished", "-", "-", "-"]
                               for s in stages]))
@@ -263,13 +263,13 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _json_safe(x):
+def json_safe(x):
     if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, Path):
         return str(x)
     return x
@@ -302,7 +302,7 @@ def listing_markdown(data: dict, items: list[dict]) -> str:
         inputs = "; ".join(f"{k}: `{v['checkpoint']}` sha256 `{v['sha256']}`" for k, v in (it["inputs"] or {}).items())
         rows.append([it["id"], f"`{it['folder']}/cell.json`", f"`{(it['config_sha256'] or '')[:16]}`", inputs or "-",
                      ck(it["last_checkpoint"]), ck(it["best_checkpoint"])])
-    lines.append(_md_table(["unit", "config", "config sha256", "started from", "last checkpoint", "best checkpoint"],
+    lines.append(md_table(["unit", "config", "config sha256", "started from", "last checkpoint", "best checkpoint"],
                            rows))
     return "\n".join(lines) + "\n"
 
@@ -322,7 +322,7 @@ def plot(rows: list[dict], task: str, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), dpi=100, squeeze=False)
     lines: dict[str, list[dict]] = {}
     for r in trows:
-        lines.setdefault(f"{r['modality']} / {_init_label(r)}", []).append(r)
+        lines.setdefault(f"{r['modality']} / {init_label(r)}", []).append(r)
     for ax, m in zip(axes[0], metrics):
         for label, rs in lines.items():
             rs = sorted(rs, key=lambda r: r["fraction"])
@@ -356,11 +356,11 @@ def write_report(root: str | Path, out: str | Path | None = None, select: str = 
     items = listing(data)
     files = []
     for name, text in (("table.md", markdown(data, rows, stages, select, gone)), ("table.csv", to_csv(rows)),
-                       ("table.json", json.dumps(_json_safe({"root": str(data["root"]), "select": select,
+                       ("table.json", json.dumps(json_safe({"root": str(data["root"]), "select": select,
                                                              "store": data["store"], "rows": rows,
                                                              "stages": stages, "missing": gone}), indent=1)),
                        ("listing.md", listing_markdown(data, items)),
-                       ("listing.json", json.dumps(_json_safe(items), indent=1))):
+                       ("listing.json", json.dumps(json_safe(items), indent=1))):
         atomic_write_text(out / name, text)
         files.append(out / name)
     for task in ("det", "seg"):

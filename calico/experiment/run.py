@@ -54,7 +54,7 @@ class UnitFailed(CalicoError):
     """A unit's run raised; the message names the unit and its log."""
 
 
-def _atomic_json(path: Path, doc: dict) -> None:
+def atomic_json(path: Path, doc: dict) -> None:
     from train.checkpoint import atomic_write_text
 
     atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -127,7 +127,7 @@ def prepare_store(root: str | Path, *, dataroot=None, dataset_version: str | Non
         log(f"store: version {summary.version}, {summary.scenes_done} scene(s) written, {summary.scenes_skipped} "
             f"reused, {elapsed(summary.wall_s)}")
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_json(path, rec)
+    atomic_json(path, rec)
     return rec
 
 
@@ -150,7 +150,7 @@ def record_units(plan: Plan, allow_config_change: bool) -> list[str]:
         config = u.config.to_dict()
         if doc is not None and u.id not in changes:
             if doc.get("config") != config:  # only fields that do not change the result (a moved folder, cadences)
-                _atomic_json(path, doc | {"config": config})
+                atomic_json(path, doc | {"config": config})
             continue
         new = {"unit": u.identity(), "config": config, "config_sha256": config_sha256(config, root),
                "store_version": plan.version, "created": (doc or {}).get("created", now),
@@ -159,7 +159,7 @@ def record_units(plan: Plan, allow_config_change: bool) -> list[str]:
         if doc is not None:
             new["config_changes"].append({"time": now, "changes": {k: list(v) for k, v in changes[u.id].items()}})
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_json(path, new)
+        atomic_json(path, new)
     return sorted(changes)
 
 
@@ -223,24 +223,24 @@ def run_unit(unit_dir: str | Path, allow_config_change: bool = False, quiet: boo
     t0 = time.time()
     doc["inputs"] = inputs
     doc["attempts"] = list(doc.get("attempts", [])) + [{"start": t0, "pid": os.getpid(), "host": os.uname().nodename}]
-    _atomic_json(unit_dir / "cell.json", doc)
+    atomic_json(unit_dir / "cell.json", doc)
     how = "finished"
     try:
-        with _output_to(unit_dir / "log.txt", quiet, f"attempt {len(doc['attempts'])} of {uid}"):
+        with output_to(unit_dir / "log.txt", quiet, f"attempt {len(doc['attempts'])} of {uid}"):
             _train(cfg, unit_dir / "run", allow_config_change)
     except BaseException as exc:
         how = type(exc).__name__
         raise
     finally:
         doc["attempts"][-1] |= {"end": time.time(), "wall_s": time.time() - t0, "ended": how}
-        _atomic_json(unit_dir / "cell.json", doc)
+        atomic_json(unit_dir / "cell.json", doc)
     done = summarize(unit_dir, doc, inputs)
-    _atomic_json(unit_dir / "done.json", done)
+    atomic_json(unit_dir / "done.json", done)
     return "finished", done
 
 
 @contextlib.contextmanager
-def _output_to(log: Path, quiet: bool, header: str):
+def output_to(log: Path, quiet: bool, header: str):
     if not quiet:
         yield
         return
@@ -512,3 +512,40 @@ def _dask(plan: Plan, allow: bool, workers: int, scheduler: str | None, connect_
         if cluster is not None:
             with quiet_logs():
                 cluster.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The whole experiment in this process (what `calico demo` runs)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def run_experiment(spec, out: str | Path, *, dataroot=None, dataset_version: str | None = None, store=None,
+                   store_version: str | None = None, sweeps: str = "keyframes", allow_config_change: bool = False,
+                   workers: int = 0, scheduler: str | None = None, preprocess_workers: int = 2,
+                   connect_timeout: float = 10.0, select: str = "last", log: Callable = print, argv=None) -> dict:
+    """``calico experiment label-efficiency`` as a function: the store (:func:`prepare_store`), the plan of ``spec``
+    (an :class:`calico.experiment.plan.ExperimentSpec`), ``OUT/experiment.json``, every unit (:func:`execute`:
+    finished units are skipped, started ones resume) and the report (:func:`calico.experiment.report.write_report`,
+    into ``OUT/report``). Returns {"plan", "store" (the record), "result" (:func:`execute`'s), "report"
+    (``write_report``'s: "out", "files", "rows", "missing")}. A failed unit does not raise (see ``result``); a
+    changed configuration raises :class:`ExperimentChanged`, an interrupted training ``TrainingInterrupted``."""
+    from calico.experiment.plan import make_plan
+    from calico.experiment.report import write_report
+    from train.checkpoint import atomic_write_text
+
+    out = Path(out)
+    rec = prepare_store(out, dataroot=dataroot, dataset_version=dataset_version, store=store,
+                        store_version=store_version, sweeps=sweeps, workers=preprocess_workers, scheduler=scheduler,
+                        connect_timeout=connect_timeout, log=log, argv=argv)
+    plan = make_plan(spec, out, rec["store"], rec["version"], rec["sweeps"])
+    for note in plan.notes:
+        log(f"note: {note}")
+    atomic_write_text(out / "experiment.json", json.dumps({
+        "spec": spec.to_dict(), "store": rec, "units": [u.id for u in plan.units], "argv": list(argv or sys.argv),
+        "modalities": list(spec.modalities())}, indent=1))
+    states = [unit_state(Path(plan.root), u.folder) for u in plan.units]
+    log(f"plan: {len(plan.units)} unit(s) ({len(plan.stages)} pre-training stage(s), {len(plan.cells)} fine-tuning "
+        f"cell(s)): {states.count('done')} done, {states.count('partial')} started, {states.count('new')} new")
+    result = execute(plan, allow_config_change, workers=workers, scheduler=scheduler,
+                     connect_timeout=connect_timeout, log=log)
+    return {"plan": plan, "store": rec, "result": result, "report": write_report(out, select=select)}
