@@ -45,8 +45,8 @@ def finetune_config(preset: str, task: str, modality: str, store: str = "", vers
     """The preset's fine-tuning config with ``modality`` and one LiDAR sweep (the synthetic scans have one)."""
     from train.config import PRESETS, with_overrides
 
-    return with_overrides(PRESETS[preset](store, version, task=task),
-                          [f"model.finetune.modality={modality!r}", "model.finetune.lidar_sweeps=1"])
+    return with_overrides(PRESETS[preset](store, version, task=task, modality=modality),
+                          ["model.finetune.lidar_sweeps=1"])
 
 
 def synthetic_batch(cfg, b: int, seed: int = 0) -> dict:
