@@ -89,6 +89,30 @@ def timed_steps(step, steps: int, cuda: bool, rss0: int) -> tuple[list[float], f
     return times, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
 
 
+def timed_training(model, batch: dict, steps: int, device: str, amp: bool, rss0: int) -> tuple[list[float], float]:
+    """:func:`timed_steps` of training steps of ``model`` on ``batch``: AdamW (lr 1e-4, wd 0.01) over the parameters
+    that require gradients, ``model(batch)["loss"]`` backward, bfloat16 autocast when ``amp`` on CUDA (as the
+    loop). ``rss0``: as :func:`timed_steps`, taken before the model was built."""
+    import torch
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and amp) else torch.autocast("cpu", enabled=False):
+            out = model(batch)
+        out["loss"].backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+        return out["loss"].item()
+
+    return timed_steps(step, steps, cuda, rss0)
+
+
 def median_ms(fn, repeats: int, warmup: bool = True) -> float:
     """Median milliseconds of ``repeats`` calls (see :func:`timed`)."""
     return timed(fn, repeats, warmup)[0]

@@ -99,22 +99,8 @@ def run_one(preset: str, task: str, modality: str, b: int, steps: int, device: s
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = finetune_task(cfg).model_class(cfg).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    times, peak_mib = _common.timed_training(model, batch, steps, device, amp, rss0)
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and amp) else torch.autocast("cpu", enabled=False):
-            out = model(batch)
-        out["loss"].backward()
-        opt.step()
-        if cuda:
-            torch.cuda.synchronize()
-        return out["loss"].item()
-
-    times, peak_mib = _common.timed_steps(step, steps, cuda, rss0)
     med = float(np.median(times))
     return {"case": f"{preset}:{task}:{modality}:{b}", "preset": preset, "task": task, "modality": modality,
             "batch": b, "grid": "x".join(map(str, cfg.backbone.grid_size)), "amp": bool(cuda and amp),

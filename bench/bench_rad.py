@@ -51,22 +51,8 @@ def run_one(config: str, b: int, steps: int, device: str, amp: bool) -> dict:
     model = RADModel(cfg).to(device).train()
     model.teacher.requires_grad_(False).eval()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    times, peak_mib = _common.timed_training(model, batch, steps, device, amp, rss0)
     cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and amp) else torch.autocast("cpu", enabled=False):
-            out = model(batch)
-        out["loss"].backward()
-        opt.step()
-        if cuda:
-            torch.cuda.synchronize()
-        return out["loss"].item()
-
-    times, peak_mib = _common.timed_steps(step, steps, cuda, rss0)
     med = float(np.median(times))
     return {"config": config, "batch": b, "backbone": cfg.camera.backbone,
             "input": "x".join(map(str, cfg.camera.image_size)), "bins": cfg.lss.num_bins,

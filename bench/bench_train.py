@@ -74,21 +74,7 @@ def run_one(config: str, b: int, n_points: int, steps: int, device: str) -> dict
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = PRCModel(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        out = model(batch)
-        out["loss"].backward()
-        opt.step()
-        if cuda:
-            torch.cuda.synchronize()
-        return out["loss"].item()
-
-    times, peak_mib = _common.timed_steps(step, steps, cuda, rss0)
+    times, peak_mib = _common.timed_training(model, batch, steps, device, False, rss0)
     return {"config": config, "batch": b, "grid": "x".join(map(str, bb.grid_size)),
             "out": f"{bb.out_channels}x{'x'.join(map(str, bb.out_size))}",
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
